@@ -1,0 +1,44 @@
+# `make test` and `make demo` work on a fresh machine: they create .venv and install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+LEAN := .venv-lean
+STAMP := $(VENV)/.installed
+DEPS := pyproject.toml runtime/pyproject.toml export/pyproject.toml constraints.txt
+
+.PHONY: setup test demo lint typecheck clean
+
+setup: $(STAMP)
+
+$(STAMP): $(DEPS)
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade "pip>=25.1"
+	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
+	$(PIP) install -c constraints.txt "torch==2.13.0"
+	$(PIP) install -c constraints.txt -e "runtime[server,tensorrt-rtx]" -e "export[tensorrt-rtx]"
+	$(PIP) install -c constraints.txt --group dev
+	touch $(STAMP)
+
+# A second environment with the runtime alone (no torch, no transformers): proves the runtime is lean.
+$(LEAN)/.installed: runtime/pyproject.toml
+	$(PYTHON) -m venv $(LEAN)
+	$(LEAN)/bin/python -m pip --disable-pip-version-check -q install -e runtime "pytest>=8"
+	touch $(LEAN)/.installed
+
+test: $(STAMP) $(LEAN)/.installed
+	$(PY) -m ruff check runtime export tests scripts
+	$(PY) -m pytest -q
+	EMBEDRT_LEAN_ENV=1 $(LEAN)/bin/python -m pytest -q -p no:cacheprovider tests/lean
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check runtime export tests scripts
+
+typecheck: $(STAMP)
+	$(PY) -m mypy
+
+clean:
+	rm -rf $(VENV) $(LEAN) .pytest_cache

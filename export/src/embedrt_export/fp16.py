@@ -1,0 +1,145 @@
+"""FP16 variant of an exported graph, with FP32 islands where FP16 would overflow or lose too much.
+
+Strongly typed TensorRT builds take their precision from the ONNX dtypes, so this file *is* the
+GPU precision plan. Matrix multiplies and most elementwise work run in FP16; these stay in FP32:
+- normalisation layers (RMSNorm / LayerNorm): the variance of large activations overflows FP16;
+- the residual stream: its sums grow across layers;
+- rotary embeddings: position × frequency reaches 32K radians, where FP16's step is 32;
+- the attention softmax and the mask addition feeding it (a fully masked row stays finite);
+- everything outside the transformer body: pooling and L2 normalisation.
+Graph inputs stay int64 and graph outputs float32.
+
+Casts are inserted only at the boundaries between FP16 and FP32 regions, once per tensor. (ONNX
+Runtime's converter was tried first: it round-trips blocked tensors through FP16 between two
+blocked nodes, which defeats the point.) Islands are chosen from the module hierarchy that the
+dynamo exporter records in each node's metadata, so the rule follows model structure.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+_HIERARCHY_KEY = "pkg.torch.onnx.class_hierarchy"
+_FP32_MODULE_SUFFIXES = ("RMSNorm", "LayerNorm", "RotaryEmbedding", "Pooler")
+# Layer classes whose own Add nodes are the residual sums (Qwen3DecoderLayer, BertSelfOutput, ...).
+_RESIDUAL_MODULE_SUFFIXES = ("DecoderLayer", "EncoderLayer", "SelfOutput", "Output", "Layer")
+# Ops without FP16 kernels in common runtimes, or that produce index arithmetic.
+_FP32_OPS = {"Range", "CumSum", "ReduceL2", "ArgMax", "TopK"}
+_FP16_MAX = float(np.finfo(np.float16).max)
+
+
+def _module_classes(node: onnx.NodeProto) -> list[str]:
+    """The nn.Module classes enclosing a node, outermost first (short names)."""
+    for prop in node.metadata_props:
+        if prop.key == _HIERARCHY_KEY:
+            entries = [c.strip(" '\"") for c in prop.value.strip("[]").split(",")]
+            return [
+                c.rsplit(".", 1)[-1]
+                for c in entries
+                if c and not c.startswith(("aten.", "<", "_")) and "." in c
+            ]
+    return []
+
+
+def fp32_island_nodes(model: onnx.ModelProto) -> set[str]:
+    """Names of the nodes that must stay FP32 (see the module docstring)."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    keep: set[str] = set()
+    for node in model.graph.node:
+        classes = _module_classes(node)
+        inner = classes[-1] if classes else ""
+        if len(classes) <= 1 or node.op_type in _FP32_OPS:
+            keep.add(node.name)  # the export wrapper: pooling and normalisation tail
+        elif any(c.endswith(_FP32_MODULE_SUFFIXES) for c in classes):
+            keep.add(node.name)
+        elif node.op_type == "Softmax":
+            keep.add(node.name)
+            source = producers.get(node.input[0])
+            if source is not None and source.op_type == "Add":
+                keep.add(source.name)  # scores + additive mask
+        elif node.op_type == "Add" and inner.endswith(_RESIDUAL_MODULE_SUFFIXES):
+            keep.add(node.name)
+    return keep
+
+
+def _to_fp16_tensor(tensor: TensorProto) -> TensorProto:
+    array = numpy_helper.to_array(tensor).astype(np.float32)
+    clipped = np.clip(array, -_FP16_MAX, _FP16_MAX).astype(np.float16)
+    return numpy_helper.from_array(clipped, tensor.name)
+
+
+def _float_types(model: onnx.ModelProto) -> dict[str, int]:
+    infos = list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in infos}
+    types.update({init.name: init.data_type for init in model.graph.initializer})
+    return types
+
+
+def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Convert ``model`` (FP32, shape-inferred) in place to FP16 with FP32 islands; returns it."""
+    graph = model.graph
+    island = fp32_island_nodes(model)
+    types = _float_types(model)
+    is_float = {name for name, t in types.items() if t == TensorProto.FLOAT}
+
+    # Where each float tensor lives: FP16 if its producer runs in FP16.
+    home16: set[str] = set()
+    for node in graph.node:
+        if node.name not in island:
+            home16.update(o for o in node.output if o in is_float)
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    for init in graph.initializer:
+        users = consumers.get(init.name, [])
+        if init.data_type == TensorProto.FLOAT and users and all(u.name not in island for u in users):
+            init.CopyFrom(_to_fp16_tensor(init))
+            home16.add(init.name)
+
+    new_nodes: list[onnx.NodeProto] = []
+    casts: dict[tuple[str, int], str] = {}
+
+    def cast(name: str, to: int) -> str:
+        key = (name, to)
+        if key not in casts:
+            suffix = "fp16" if to == TensorProto.FLOAT16 else "fp32"
+            casts[key] = f"{name}__{suffix}"
+            new_nodes.append(helper.make_node("Cast", [name], [casts[key]], to=to, name=f"{name}__cast_{suffix}"))
+        return casts[key]
+
+    graph_outputs = {o.name for o in graph.output}
+    renamed_outputs: dict[str, str] = {}
+    for node in graph.node:
+        fp16 = node.name not in island
+        want = TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
+        for i, name in enumerate(node.input):
+            if name in is_float and (name in home16) != fp16:
+                node.input[i] = cast(name, want)
+        if fp16:
+            _retype_attributes(node)
+            for j, out in enumerate(node.output):
+                if out in graph_outputs and out in is_float:
+                    renamed_outputs[out] = f"{out}__fp16"
+                    node.output[j] = renamed_outputs[out]
+        new_nodes.append(node)
+    for out, inner in renamed_outputs.items():
+        new_nodes.append(helper.make_node("Cast", [inner], [out], to=TensorProto.FLOAT, name=f"{out}__cast_out"))
+
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    for vi in graph.value_info:
+        if vi.name in home16:
+            vi.type.tensor_type.elem_type = TensorProto.FLOAT16
+    return model
+
+
+def _retype_attributes(node: onnx.NodeProto) -> None:
+    """Make a node that now runs in FP16 produce FP16 where it named FP32 explicitly."""
+    for attr in node.attribute:
+        if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT:
+            attr.i = TensorProto.FLOAT16
+        elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT:
+            attr.t.CopyFrom(_to_fp16_tensor(attr.t))

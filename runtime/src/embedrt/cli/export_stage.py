@@ -1,0 +1,61 @@
+"""Export-stage subcommands. They need the ``embedrt-export`` distribution (torch, transformers)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from types import ModuleType
+
+from ..errors import EmbedrtError
+
+INSTALL_HINT = (
+    "this command needs the export stage, which is not installed: "
+    "`pip install embedrt-export` (from this repository: `pip install -e export`; "
+    "add torch first with `pip install torch --index-url https://download.pytorch.org/whl/cpu` for the CPU build)"
+)
+
+
+def load_export_stage() -> ModuleType:
+    try:
+        return importlib.import_module("embedrt_export")
+    except ImportError as exc:
+        if exc.name and exc.name.split(".")[0] in ("embedrt_export", "torch", "transformers", "onnx"):
+            raise EmbedrtError(f"{INSTALL_HINT} (missing: {exc.name})") from exc
+        raise
+
+
+def _dtypes(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    stage = load_export_stage()
+    options = stage.ExportOptions(
+        dtypes=tuple(d for group in args.dtype for d in group) if args.dtype else ("fp32", "fp16"),
+        max_length=args.max_length,
+        opset=args.opset,
+        name=args.name,
+        with_hidden_states=args.with_hidden_states,
+        revision=args.revision,
+        overwrite=args.overwrite,
+    )
+    stage.export_model(args.model, args.out, options)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("export", help="export a Hugging Face embedding model to a validated ONNX artefact",
+                       description="Export MODEL (a local directory or a hub id) to an artefact directory: "
+                       "ONNX graphs with pooling and normalisation inside, tokenizer files, manifest.json "
+                       "and a parity report against the PyTorch model.")
+    p.add_argument("model", help="local model directory or Hugging Face hub id")
+    p.add_argument("--out", required=True, help="artefact directory to create")
+    p.add_argument("--dtype", action="append", type=_dtypes, metavar="fp32|fp16[,..]",
+                   help="graph precision(s) to write; repeat or comma-separate (default: fp32,fp16)")
+    p.add_argument("--max-length", type=int, help="maximum tokens per text (default: the model's own)")
+    p.add_argument("--opset", type=int, default=20, help="ONNX opset (default: 20)")
+    p.add_argument("--name", help="model name recorded in the manifest (default: the directory name)")
+    p.add_argument("--revision", help="hub revision (branch, tag or commit) when MODEL is a hub id")
+    p.add_argument("--with-hidden-states", action="store_true", help="also output last_hidden_state")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(run=_run_export)

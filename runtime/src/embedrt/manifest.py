@@ -1,0 +1,171 @@
+"""The artefact manifest: everything the runtime needs to know about a model, as data.
+
+``manifest.json`` is written by ``embedrt export`` and trusted alone by the runtime: pooling kind,
+padding side, prompt templates, Matryoshka range, graph files and their checksums. Model specifics
+live here, not in branches of the runtime's code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ArtefactError
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+Pooling = Literal["last_token", "mean", "cls"]
+Precision = Literal["fp32", "fp16", "int8"]
+POOLINGS: tuple[str, ...] = ("last_token", "mean", "cls")
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name: "int64", "float32"
+    shape: tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """Text templates. ``{text}`` is the input; ``{task}`` the query instruction."""
+
+    query: str = "{text}"
+    document: str = "{text}"
+    default_task: str | None = None
+
+    def format_query(self, text: str, task: str | None = None) -> str:
+        task = task if task is not None else self.default_task
+        if "{task}" in self.query and not task:
+            raise ArtefactError("this model's query template needs a task; pass task=...")
+        return self.query.replace("{task}", task or "").replace("{text}", text)
+
+    def format_document(self, text: str) -> str:
+        return self.document.replace("{text}", text)
+
+
+@dataclass(frozen=True)
+class EndOfText:
+    """How the pooled end-of-text token gets there. Never located by id: pad id may equal it."""
+
+    token: str | None = None
+    token_id: int | None = None
+    appended_by_tokenizer: bool = False
+
+
+@dataclass(frozen=True)
+class GraphFile:
+    """One ONNX graph of the artefact, with its external-data files (relative paths)."""
+
+    file: str
+    precision: Precision
+    sha256: str
+    external_data: tuple[str, ...] = ()
+    parity: dict[str, Any] = field(default_factory=dict)
+    quantization: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    architecture: str
+    hidden_size: int
+    max_length: int
+    pooling: Pooling
+    normalize: bool
+    padding_side: Literal["left", "right"]
+    pad_token_id: int
+    end_of_text: EndOfText
+    prompts: Prompts
+    matryoshka: tuple[int, int] | None
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    graphs: dict[str, GraphFile]
+    tokenizer_files: tuple[str, ...]
+    source: dict[str, Any]
+    export: dict[str, Any]
+    files: dict[str, str]  # relative path -> sha256, every file of the artefact but this one
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def dimensions_range(self) -> tuple[int, int]:
+        return self.matryoshka if self.matryoshka else (self.hidden_size, self.hidden_size)
+
+    def graph(self, precision: str) -> GraphFile:
+        if precision not in self.graphs:
+            have = ", ".join(sorted(self.graphs)) or "none"
+            hint = (
+                "embedrt quantize ARTEFACT" if precision == "int8" else f"embedrt export MODEL --dtype {precision}"
+            )
+            raise ArtefactError(f"this artefact has no {precision} graph (it has: {have}); make one with `{hint}`")
+        return self.graphs[precision]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
+
+    def with_graph(self, graph: GraphFile, files: dict[str, str]) -> Manifest:
+        """A copy with one more (or a replaced) graph and updated file checksums."""
+        from dataclasses import replace
+
+        return replace(self, graphs={**self.graphs, graph.precision: graph}, files={**self.files, **files})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ArtefactError(
+                f"manifest schema version {version!r} is not supported by this embedrt (wants {SCHEMA_VERSION}); "
+                "re-export the model with this version of embedrt"
+            )
+        try:
+            mrange = data["matryoshka"]
+            return cls(
+                name=data["name"],
+                architecture=data["architecture"],
+                hidden_size=int(data["hidden_size"]),
+                max_length=int(data["max_length"]),
+                pooling=data["pooling"],
+                normalize=bool(data["normalize"]),
+                padding_side=data["padding_side"],
+                pad_token_id=int(data["pad_token_id"]),
+                end_of_text=EndOfText(**data["end_of_text"]),
+                prompts=Prompts(**data["prompts"]),
+                matryoshka=(int(mrange[0]), int(mrange[1])) if mrange else None,
+                inputs=tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in data["inputs"]),
+                outputs=tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in data["outputs"]),
+                graphs={
+                    k: GraphFile(**{**g, "external_data": tuple(g.get("external_data", ()))})
+                    for k, g in data["graphs"].items()
+                },
+                tokenizer_files=tuple(data["tokenizer_files"]),
+                source=dict(data["source"]),
+                export=dict(data["export"]),
+                files=dict(data["files"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtefactError(f"manifest is malformed ({exc!r}); re-export the model") from exc
+
+
+def load_manifest(artefact: str | Path) -> Manifest:
+    """Read and validate ``manifest.json`` of an artefact directory."""
+    path = Path(artefact)
+    manifest_path = path / MANIFEST_NAME
+    if not path.is_dir():
+        raise ArtefactError(f"{path} is not a directory; pass the directory `embedrt export` wrote")
+    if not manifest_path.is_file():
+        raise ArtefactError(
+            f"{path} has no {MANIFEST_NAME}: not an embedrt artefact, or an export that did not finish; "
+            "run `embedrt export MODEL --out DIR` again"
+        )
+    try:
+        data = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ArtefactError(f"cannot read {manifest_path}: {exc}") from exc
+    manifest = Manifest.from_dict(data)
+    if manifest.pooling not in POOLINGS:
+        raise ArtefactError(f"unknown pooling {manifest.pooling!r} in {manifest_path}")
+    return manifest
