@@ -96,6 +96,7 @@ def save(model: onnx.ModelProto, path: Path) -> tuple[str, ...]:
         location = path.name + ".data"
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=location, size_threshold=1024)
+        (path.parent / location).chmod(0o644)  # onnx creates it private; artefacts are shared read-only
         onnx.checker.check_model(str(path))
         return (location,)
     onnx.save_model(model, str(path))

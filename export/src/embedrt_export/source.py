@@ -38,7 +38,7 @@ def _download(repo_id: str, revision: str | None) -> tuple[Path, str | None]:
             raise SourceNotFoundError(
                 f"could not fetch {repo_id!r} from the Hugging Face hub ({type(exc).__name__}); "
                 "if this machine is offline, download the model elsewhere "
-                f"(`huggingface-cli download {repo_id} --local-dir DIR`) and pass that local directory"
+                f"(`hf download {repo_id} --local-dir DIR`) and pass that local directory"
             ) from exc
     return Path(local), revision or Path(local).name
 
