@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 LEAN := .venv-lean
 STAMP := $(VENV)/.installed
+# A tiny exported model (and PyTorch reference vectors) for the lean tests, which cannot export.
+LEAN_ARTEFACT := build/lean-artefact
 DEPS := pyproject.toml runtime/pyproject.toml export/pyproject.toml constraints.txt
 
 .PHONY: setup test demo lint typecheck clean
@@ -26,10 +28,14 @@ $(LEAN)/.installed: runtime/pyproject.toml
 	$(LEAN)/bin/python -m pip --disable-pip-version-check -q install -e runtime "pytest>=8"
 	touch $(LEAN)/.installed
 
-test: $(STAMP) $(LEAN)/.installed
+$(LEAN_ARTEFACT)/reference.json: $(STAMP) scripts/make_test_artefact.py $(wildcard export/src/embedrt_export/*.py)
+	$(PY) scripts/make_test_artefact.py $(LEAN_ARTEFACT)
+
+test: $(STAMP) $(LEAN)/.installed $(LEAN_ARTEFACT)/reference.json
 	$(PY) -m ruff check runtime export tests scripts
 	$(PY) -m pytest -q
-	EMBEDRT_LEAN_ENV=1 $(LEAN)/bin/python -m pytest -q -p no:cacheprovider tests/lean
+	EMBEDRT_LEAN_ENV=1 EMBEDRT_LEAN_ARTEFACT=$(LEAN_ARTEFACT)/artefact \
+		$(LEAN)/bin/python -m pytest -q -p no:cacheprovider tests/lean
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py
@@ -41,4 +47,4 @@ typecheck: $(STAMP)
 	$(PY) -m mypy
 
 clean:
-	rm -rf $(VENV) $(LEAN) .pytest_cache
+	rm -rf $(VENV) $(LEAN) $(LEAN_ARTEFACT) .pytest_cache

@@ -40,20 +40,12 @@ def ensure_artefact() -> None:
 
 
 def embed(texts: list[str]) -> np.ndarray:
-    import onnxruntime as ort
-    from tokenizers import Tokenizer
+    from embedrt import Embedder
 
-    from embedrt import load_manifest
-
-    manifest = load_manifest(ARTEFACT)
-    tok = Tokenizer.from_file(str(ARTEFACT / "tokenizer.json"))
-    tok.enable_truncation(manifest.max_length)
-    tok.enable_padding(pad_id=manifest.pad_token_id)
-    enc = tok.encode_batch(texts)
-    feeds = {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
-             "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64)}
-    session = ort.InferenceSession(str(ARTEFACT / manifest.graph("fp32").file), providers=["CPUExecutionProvider"])
-    return session.run(["sentence_embedding"], feeds)[0]
+    # The lean runtime: tokenizer, batching and ONNX Runtime; no PyTorch from here on.
+    with Embedder.load(ARTEFACT) as embedder:
+        print(f"runtime: {embedder.backend_name} ({embedder.precision})")
+        return embedder.embed_documents(texts)
 
 
 def main() -> int:

@@ -100,3 +100,20 @@ def test_cli_errors_are_clear(qwen3_dir: Path, tmp_path: Path) -> None:
     offline = _cli("export", "Qwen/Qwen3-Embedding-8B", "--out", str(tmp_path / "o"))
     assert offline.returncode == 2 and "pass that local directory" in offline.stderr
     assert "Traceback" not in offline.stderr
+
+
+def test_tokenizer_json_must_agree_with_transformers(qwen3_dir: Path, tmp_path: Path) -> None:
+    """The runtime tokenizes with tokenizer.json alone: a file that disagrees with transformers is refused."""
+    import json
+
+    from embedrt_export import ExportError
+
+    broken = tmp_path / "model"
+    shutil.copytree(qwen3_dir, broken)
+    data = json.loads((broken / "tokenizer.json").read_text())
+    data["normalizer"] = {"type": "Lowercase"}  # transformers' Qwen2Tokenizer ignores it; tokenizers does not
+    (broken / "tokenizer.json").write_text(json.dumps(data))
+    with pytest.raises(ExportError, match="differently from transformers"):
+        export_model(str(broken), tmp_path / "out", ExportOptions(dtypes=("fp32",), max_length=32),
+                     log=lambda _: None)
+    assert not (tmp_path / "out").exists()

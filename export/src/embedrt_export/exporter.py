@@ -63,6 +63,22 @@ class _Reference:
                              return_tensors="np")
         return parity.Encoded(enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64))
 
+    def check_runtime_tokenizer(self, model_dir: Path, texts: Sequence[str]) -> None:
+        """The runtime tokenizes with ``tokenizers`` from tokenizer.json; it must agree with transformers."""
+        from tokenizers import Tokenizer
+
+        fast = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        fast.no_padding()
+        fast.enable_truncation(self.spec.max_length)
+        for i, text in enumerate(texts):
+            want = self.tokenizer(text, truncation=True, max_length=self.spec.max_length)["input_ids"]
+            if fast.encode(text).ids != list(want):
+                raise ExportError(
+                    f"tokenizer.json tokenizes parity text {i} ({text[:40]!r}) differently from transformers' "
+                    "tokenizer for this model; the runtime would not match the reference. Re-save the tokenizer "
+                    "with `AutoTokenizer.from_pretrained(...).save_pretrained(...)` and export again"
+                )
+
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text)["input_ids"])
 
@@ -114,6 +130,7 @@ def export_model(
     texts = parity.parity_texts(lambda t: spec.prompts.format_query(t))
     texts.append(parity.long_text(ref.count_tokens, spec.max_length))
     long_index = len(texts) - 1
+    ref.check_runtime_tokenizer(model_dir, texts)
     log(f"reference: PyTorch FP32 on {len(texts)} parity texts")
     reference = ref.embed_alone(texts)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .config import BackendConfig, BatchingConfig
+from .embedder import Embedder
 from .errors import (
     ArtefactError,
     BackendError,
@@ -13,13 +15,18 @@ from .errors import (
     UnavailableError,
 )
 from .manifest import Manifest, load_manifest
+from .tokenizer import Encoded
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ArtefactError",
+    "BackendConfig",
     "BackendError",
+    "BatchingConfig",
+    "Embedder",
     "EmbedrtError",
+    "Encoded",
     "EngineMismatchError",
     "InputTooLongError",
     "InvalidInputError",

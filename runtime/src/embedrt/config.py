@@ -23,3 +23,31 @@ class BackendConfig:
     device_id: int = 0
     intra_op_threads: int = 0  # 0: the backend's default (all cores)
     inter_op_threads: int = 1
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Cross-request batching and admission control (``embedrt.core.Scheduler``)."""
+
+    max_batch_tokens: int = 16384  # real tokens merged into one ``Embedder.infer`` call
+    max_batch_requests: int = 256  # requests merged into one call; 1 turns dynamic batching off
+    max_wait_us: int = 2000  # how long the oldest queued request may wait for others to join it
+    max_queued_requests: int = 512  # admitted and not yet answered; past it: OverloadedError at once
+    max_queued_tokens: int = 1_048_576  # tokens waiting for the backend; past it: OverloadedError
+    max_inputs_per_request: int = 512
+    tokenizer_threads: int = 2  # tokenizing runs here, never on an event loop or the backend thread
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Transports (``embedrt.server``): where to listen and how to stop."""
+
+    host: str = "127.0.0.1"  # loopback unless asked: exposing a model is a decision
+    grpc_port: int = 50051  # 0: any free port
+    http_port: int | None = 8080  # None: no HTTP endpoint; 0: any free port
+    tls_cert: str | None = None  # PEM files; both or neither (gRPC only)
+    tls_key: str | None = None
+    max_message_bytes: int = 32 * 1024 * 1024  # per request, both transports
+    grace_s: float = 30.0  # drain: how long admitted work may take to finish after SIGTERM
+    reflection: bool = True
+    warmup: bool = True  # run one batch before reporting SERVING

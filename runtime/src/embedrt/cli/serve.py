@@ -1,0 +1,172 @@
+"""``embedrt serve ARTEFACT``: gRPC (+ OpenAI-compatible HTTP) with cross-request batching.
+
+Every flag is also read from an ``EMBEDRT_*`` environment variable (``--max-batch-tokens`` from
+``EMBEDRT_MAX_BATCH_TOKENS``; the artefact from ``EMBEDRT_ARTEFACT``); a flag given on the command
+line wins. ``OPTIONS`` below is the one place where flags and variables map onto the configuration
+dataclasses, and the dataclasses hold the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import BackendConfig, BatchingConfig, SchedulerConfig, ServerConfig
+from ..errors import EmbedrtError
+
+_SECTIONS: dict[str, Any] = {"server": ServerConfig, "scheduler": SchedulerConfig, "batching": BatchingConfig,
+                             "backend": BackendConfig}
+_LOAD_DEFAULTS = {"backend": "auto", "precision": "auto"}  # Embedder.load arguments
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _http_port(port: int) -> int | None:
+    return None if port == 0 else port  # 0 turns HTTP off (gRPC port 0 means any free port)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str
+    targets: tuple[str, ...]  # "section.field"; section "load" is an Embedder.load argument
+    type: Callable[[str], Any]
+    help: str
+    to_config: Callable[[Any], Any] = _same  # flag value -> dataclass value
+
+    @property
+    def env(self) -> str:
+        return "EMBEDRT_" + self.flag.removeprefix("--").upper().replace("-", "_")
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    def default(self) -> Any:
+        section, name = self.targets[0].split(".")
+        if section == "load":
+            return _LOAD_DEFAULTS[name]
+        return {f.name: f.default for f in dataclasses.fields(_SECTIONS[section])}[name]
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("--host", ("server.host",), str, "address to bind; 0.0.0.0 or :: to expose beyond this machine"),
+    Option("--grpc-port", ("server.grpc_port",), int, "gRPC port (0: any free port)"),
+    Option("--http-port", ("server.http_port",), int, "OpenAI-compatible HTTP port (0: no HTTP)", _http_port),
+    Option("--tls-cert", ("server.tls_cert",), str, "PEM certificate for gRPC TLS (with --tls-key)"),
+    Option("--tls-key", ("server.tls_key",), str, "PEM private key for gRPC TLS (with --tls-cert)"),
+    Option("--max-message-bytes", ("server.max_message_bytes",), int, "largest request accepted, in bytes"),
+    Option("--grace", ("server.grace_s",), float, "seconds admitted requests may take to finish on SIGTERM"),
+    Option("--reflection", ("server.reflection",), _bool, "gRPC server reflection (true/false)"),
+    Option("--warmup", ("server.warmup",), _bool, "run one batch before reporting SERVING (true/false)"),
+    Option("--backend", ("load.backend",), str, "auto | onnxruntime | tensorrt"),
+    Option("--precision", ("load.precision",), str, "auto | fp32 | fp16 | int8"),
+    Option("--device", ("backend.device",), str, "auto | cpu | cuda"),
+    Option("--device-id", ("backend.device_id",), int, "GPU index"),
+    Option("--intra-op-threads", ("backend.intra_op_threads",), int, "backend CPU threads (0: all cores)"),
+    Option("--max-batch-tokens", ("scheduler.max_batch_tokens", "batching.max_batch_tokens"), int,
+           "tokens merged into one backend call across requests"),
+    Option("--max-batch-size", ("batching.max_batch_size",), int, "rows per backend run"),
+    Option("--max-batch-requests", ("scheduler.max_batch_requests",), int,
+           "requests merged into one backend call (1: no dynamic batching)"),
+    Option("--max-wait-us", ("scheduler.max_wait_us",), int,
+           "microseconds the oldest queued request may wait for others to join its batch"),
+    Option("--max-queue", ("scheduler.max_queued_requests",), int,
+           "requests admitted and unanswered before new ones get RESOURCE_EXHAUSTED / 429"),
+    Option("--max-queue-tokens", ("scheduler.max_queued_tokens",), int,
+           "tokens waiting for the backend before new requests get RESOURCE_EXHAUSTED / 429"),
+    Option("--max-inputs", ("scheduler.max_inputs_per_request",), int, "texts per request"),
+    Option("--tokenizer-threads", ("scheduler.tokenizer_threads",), int, "threads tokenizing requests"),
+)
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    artefact: str
+    server: ServerConfig
+    scheduler: SchedulerConfig
+    batching: BatchingConfig
+    backend: BackendConfig
+    load: dict[str, str]
+
+
+def settings_from(args: argparse.Namespace) -> ServeSettings:
+    """Parsed flags (already defaulted from the environment) -> the configuration dataclasses."""
+    values: dict[str, dict[str, Any]] = {"load": dict(_LOAD_DEFAULTS), **{s: {} for s in _SECTIONS}}
+    for option in OPTIONS:
+        value = getattr(args, option.dest)
+        if value is None:
+            continue  # not given anywhere: the dataclass default applies
+        for target in option.targets:
+            section, name = target.split(".")
+            values[section][name] = option.to_config(value)
+    if not args.artefact:
+        raise EmbedrtError("give the ARTEFACT directory (or set EMBEDRT_ARTEFACT)")
+    made = {s: cls(**values[s]) for s, cls in _SECTIONS.items()}
+    return ServeSettings(args.artefact, made["server"], made["scheduler"], made["batching"], made["backend"],
+                         values["load"])
+
+
+def _announce(server: Any) -> None:
+    config, ports, state = server.config, server.ports, server.state
+    tls = " (TLS)" if config.tls_cert else ""
+    http = f"http://{config.host}:{ports.http}" if ports.http is not None else "off"
+    print(f"embedrt serve: ready: {state.model} on {state.embedder.backend_name} {state.embedder.precision}; "
+          f"gRPC {config.host}:{ports.grpc}{tls}; HTTP {http}", file=sys.stderr, flush=True)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        from ..server import EmbeddingServer, serve_until_signal
+    except ImportError as exc:
+        hint = f"serving needs the server extra: pip install 'embedrt[server]' (missing: {exc.name})"
+        raise EmbedrtError(hint) from exc
+    from ..embedder import Embedder
+
+    logging.basicConfig(level=os.environ.get("EMBEDRT_LOG_LEVEL", "INFO").upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = settings_from(args)
+
+    def load() -> Embedder:
+        return Embedder.load(settings.artefact, settings.load["backend"], precision=settings.load["precision"],
+                             batching=settings.batching, backend_config=settings.backend)
+
+    try:
+        server = EmbeddingServer(load, settings.server, settings.scheduler)
+    except ValueError as exc:
+        raise EmbedrtError(str(exc)) from exc
+    asyncio.run(serve_until_signal(server, _announce))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("serve", help="serve an artefact over gRPC and OpenAI-compatible HTTP",
+                       description="Serve ARTEFACT: gRPC (embedrt.v1.Embedder, health, reflection) and "
+                       "OpenAI-compatible HTTP (/v1/embeddings, /health, /metrics), batching concurrent "
+                       "requests together. Every flag can also be set with the EMBEDRT_* variable shown. "
+                       "SIGTERM/SIGINT drain admitted requests within --grace, then exit 0.")
+    p.add_argument("artefact", nargs="?", default=os.environ.get("EMBEDRT_ARTEFACT"),
+                   help="artefact directory written by `embedrt export` [EMBEDRT_ARTEFACT]")
+    for option in OPTIONS:
+        env = os.environ.get(option.env)
+        # argparse converts string defaults with `type`, so a bad variable fails like a bad flag.
+        p.add_argument(option.flag, type=option.type, default=env, metavar=option.dest.upper(),
+                       help=f"{option.help} (default: {option.default()}) [{option.env}]")
+    p.set_defaults(run=_run)

@@ -1,0 +1,375 @@
+"""The runtime core between transports and the ``Embedder``: admission, cross-request batching.
+
+Transports hand plain ``EmbedRequest`` objects to ``Scheduler.submit`` and get a
+``concurrent.futures.Future`` back, so a thread-per-request server and an event loop can both use
+it (``asyncio.wrap_future``). Inside, three stages run on their own threads:
+
+1. admission (the caller's thread): cheap validation, then a bound on requests in the system;
+   past it ``OverloadedError`` at once, so memory and latency stay bounded under overload;
+2. tokenizing (a small pool): ``Embedder.prepare``, then a bound on tokens waiting for the backend;
+3. one backend worker per model instance: merges queued requests into one ``Embedder.infer`` call
+   by token budget, request count and a maximum wait, then splits the vectors back and finishes
+   each request with its own options (``Embedder.finish``).
+
+Cancelled or expired requests are dropped before they reach the backend. A failing batch fails
+only its own requests; the worker carries on with the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from .config import SchedulerConfig
+from .errors import ArtefactError, BackendError, EmbedrtError, InvalidInputError, OverloadedError, UnavailableError
+from .pooling import check_dimensions
+from .tokenizer import Encoded
+
+if TYPE_CHECKING:
+    from .embedder import Embedder
+
+log = logging.getLogger(__name__)
+
+
+class DeadlineExceededError(UnavailableError):
+    """The request's deadline passed before the backend could run it: the server is too busy."""
+
+
+class InvalidFieldError(InvalidInputError):
+    """Invalid input attributed to one request field, so each transport can name it in its own terms."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"invalid `{field}`: {message}")
+        self.field, self.detail = field, message
+
+
+@dataclass(frozen=True)
+class EmbedRequest:
+    """One request as plain values; transports convert their messages to this at the edge."""
+
+    texts: tuple[str, ...]
+    instruction: str | None = None  # the query task; the texts are formatted as queries with it
+    query: bool = False  # format as queries with the model's default task when no instruction is given
+    dimensions: int | None = None
+    normalize: bool = True
+    truncate: bool = True
+    deadline: float | None = None  # time.monotonic() after which the result is of no use
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    vectors: np.ndarray  # float32 [len(texts), dimensions], in request order
+    tokens: int  # tokens the texts took, after prompts and truncation
+    queue_seconds: float  # admission to the start of the backend call
+
+
+class SchedulerMetrics(Protocol):
+    """What the core reports; the server implements it with Prometheus."""
+
+    def queue_depth(self, requests: int, tokens: int) -> None: ...
+    def queued(self, seconds: float) -> None: ...
+    def batch(self, requests: int, texts: int, tokens: int, seconds: float) -> None: ...
+
+
+class _NoMetrics:
+    def queue_depth(self, requests: int, tokens: int) -> None:
+        pass
+
+    def queued(self, seconds: float) -> None:
+        pass
+
+    def batch(self, requests: int, texts: int, tokens: int, seconds: float) -> None:
+        pass
+
+
+class QueryFormat(Protocol):
+    def __call__(self, text: str) -> str: ...
+
+
+class Backend(Protocol):
+    """The part of ``Embedder`` the core uses (a fake can stand in for it in unit tests)."""
+
+    def prepare(self, texts: Sequence[str], *, instruction: str | None = None,
+                truncate: bool = True) -> list[Encoded]: ...
+    def infer(self, items: Sequence[Encoded]) -> tuple[np.ndarray, np.ndarray]: ...
+    def finish(self, vectors: np.ndarray, norms: np.ndarray, *, dimensions: int | None = None,
+               normalize: bool = True) -> np.ndarray: ...
+
+
+@dataclass(eq=False)
+class _Job:
+    request: EmbedRequest
+    dimensions: int
+    future: Future[EmbedResult] = field(default_factory=Future)
+    admitted: float = field(default_factory=time.monotonic)
+    items: list[Encoded] = field(default_factory=list)
+    tokens: int = 0
+
+    def expired(self, now: float) -> bool:
+        return self.request.deadline is not None and now >= self.request.deadline
+
+
+def _settle(future: Future[EmbedResult], error: BaseException | None = None,
+            result: EmbedResult | None = None) -> None:
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+    except InvalidStateError:  # cancelled, or failed by close(), meanwhile: nobody is waiting for it
+        pass
+
+
+class Scheduler:
+    """Admission control and cross-request dynamic batching for one model instance."""
+
+    def __init__(self, embedder: Backend, config: SchedulerConfig | None = None, *,
+                 dimensions_range: tuple[int, int], metrics: SchedulerMetrics | None = None,
+                 query_format: QueryFormat | None = None) -> None:
+        self.embedder = embedder
+        self.config = config or SchedulerConfig()
+        self._range = dimensions_range
+        self._metrics: SchedulerMetrics = metrics or _NoMetrics()
+        self._query_format = query_format
+        self._cond = threading.Condition()  # an RLock inside: done-callbacks may re-enter
+        self._queue: deque[_Job] = deque()
+        self._queued_tokens = 0
+        self._live: set[_Job] = set()  # admitted and not answered
+        self._accepting = True
+        self._closed = False
+        self._prep = ThreadPoolExecutor(max(1, self.config.tokenizer_threads), thread_name_prefix="embedrt-tokenize")
+        self._worker = threading.Thread(target=self._run, name="embedrt-backend", daemon=True)
+        self._worker.start()
+
+    @classmethod
+    def for_embedder(cls, embedder: Embedder, config: SchedulerConfig | None = None,
+                     metrics: SchedulerMetrics | None = None) -> Scheduler:
+        """A scheduler for a loaded ``Embedder``: the dimension range and query prompt come from its manifest."""
+        manifest = embedder.manifest
+
+        def query_format(text: str) -> str:
+            try:
+                return manifest.prompts.format_query(text, None)
+            except ArtefactError as exc:  # the template needs a task and the model has no default
+                raise InvalidFieldError("instruction", f"{exc}; this model needs an instruction") from None
+
+        return cls(embedder, config, dimensions_range=manifest.dimensions_range, metrics=metrics,
+                   query_format=query_format)
+
+    # -- admission --------------------------------------------------------------------------------
+
+    def submit(self, request: EmbedRequest) -> Future[EmbedResult]:
+        """Admit ``request`` or raise at once (InvalidInputError, OverloadedError, UnavailableError)."""
+        job = _Job(request, self._validate(request))
+        with self._cond:
+            if not self._accepting:
+                raise UnavailableError("the server is shutting down and takes no new requests; retry elsewhere")
+            if len(self._live) >= self.config.max_queued_requests:
+                raise OverloadedError(f"{len(self._live)} requests are already queued (the limit is "
+                                      f"{self.config.max_queued_requests}); retry with backoff or add replicas")
+            self._live.add(job)
+        job.future.add_done_callback(lambda _: self._release(job))
+        try:
+            self._prep.submit(self._prepare, job)
+        except RuntimeError:  # close() shut the pool between the check above and here
+            _settle(job.future, UnavailableError("the server is shutting down and takes no new requests"))
+        return job.future
+
+    def _validate(self, request: EmbedRequest) -> int:
+        texts = request.texts
+        if not texts:
+            raise InvalidFieldError("inputs", "it is empty; send at least one text")
+        limit = self.config.max_inputs_per_request
+        if len(texts) > limit:
+            raise InvalidFieldError("inputs", f"{len(texts)} texts, more than the limit of {limit} per request; "
+                                    "split the request")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InvalidFieldError(f"inputs[{i}]", f"a {type(text).__name__}, not a string")
+            if not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise InvalidFieldError(f"inputs[{i}]", "not valid UTF-8 text") from None
+        try:
+            return check_dimensions(request.dimensions, self._range)
+        except InvalidInputError as exc:
+            raise InvalidFieldError("dimensions", str(exc)) from None
+
+    def _release(self, job: _Job) -> None:
+        with self._cond:
+            self._live.discard(job)
+            self._cond.notify_all()  # drain() waits for the set to empty
+            depth, tokens = len(self._live), self._queued_tokens
+        self._metrics.queue_depth(depth, tokens)
+
+    # -- tokenizing (pool threads) ----------------------------------------------------------------
+
+    def _prepare(self, job: _Job) -> None:
+        if job.future.cancelled():
+            return
+        request = job.request
+        try:
+            texts, instruction = request.texts, request.instruction
+            if request.query and instruction is None and self._query_format is not None:
+                texts, instruction = tuple(self._query_format(t) for t in texts), None
+            job.items = self.embedder.prepare(texts, instruction=instruction, truncate=request.truncate)
+        except InvalidFieldError as exc:
+            _settle(job.future, exc)
+            return
+        except InvalidInputError as exc:
+            index = getattr(exc, "index", None)
+            _settle(job.future, InvalidFieldError("inputs" if index is None else f"inputs[{index}]", str(exc)))
+            return
+        except Exception as exc:  # a tokenizer crash is our fault, not the client's
+            log.exception("tokenizing failed")
+            _settle(job.future, exc if isinstance(exc, EmbedrtError) else BackendError(f"tokenizing failed: {exc}"))
+            return
+        job.tokens = sum(item.length for item in job.items)
+        with self._cond:
+            over = self._queued_tokens > 0 and self._queued_tokens + job.tokens > self.config.max_queued_tokens
+            if not over:
+                self._queue.append(job)
+                self._queued_tokens += job.tokens
+                self._cond.notify_all()
+            depth, tokens = len(self._live), self._queued_tokens
+        if over:
+            _settle(job.future, OverloadedError(
+                f"{tokens} tokens are already waiting for the backend (the limit is "
+                f"{self.config.max_queued_tokens}); retry with backoff or add replicas"))
+        self._metrics.queue_depth(depth, tokens)
+
+    # -- the backend worker -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            if batch:
+                self._execute(batch)
+
+    def _full(self) -> bool:
+        cfg = self.config
+        return self._queued_tokens >= cfg.max_batch_tokens or len(self._queue) >= cfg.max_batch_requests
+
+    def _next_batch(self) -> list[_Job] | None:
+        """Wait for work, then for company (up to max_wait_us past the oldest job), then take a batch."""
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            until = self._queue[0].admitted + self.config.max_wait_us / 1e6
+            # While draining nothing new will join: waiting would only delay shutdown.
+            while self._accepting and not self._closed and not self._full():
+                remaining = until - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            taken, expired = self._take()
+            depth, tokens = len(self._live), self._queued_tokens
+        for job in expired:
+            _settle(job.future, DeadlineExceededError("the request's deadline passed while it was queued"))
+        self._metrics.queue_depth(depth, tokens)
+        return taken
+
+    def _take(self) -> tuple[list[_Job], list[_Job]]:
+        """Pop jobs in arrival order within the budget; a job larger than the budget runs alone."""
+        cfg = self.config
+        taken: list[_Job] = []
+        expired: list[_Job] = []
+        tokens = 0
+        now = time.monotonic()
+        while self._queue and len(taken) < cfg.max_batch_requests:
+            job = self._queue[0]
+            if taken and tokens + job.tokens > cfg.max_batch_tokens:
+                break
+            self._queue.popleft()
+            self._queued_tokens -= job.tokens
+            if not job.future.set_running_or_notify_cancel():
+                continue  # cancelled by the client: dropped before it costs backend time
+            if job.expired(now):
+                expired.append(job)
+                continue
+            taken.append(job)
+            tokens += job.tokens
+        return taken, expired
+
+    def _execute(self, batch: list[_Job]) -> None:
+        started = time.monotonic()
+        items = [item for job in batch for item in job.items]
+        for job in batch:
+            self._metrics.queued(started - job.admitted)
+        try:
+            vectors, norms = self.embedder.infer(items)
+        except Exception as exc:
+            log.exception("the backend failed on a batch of %d requests (%d texts)", len(batch), len(items))
+            error = exc if isinstance(exc, EmbedrtError) else BackendError(
+                f"the backend failed on this request's batch: {type(exc).__name__}: {exc}")
+            for job in batch:
+                _settle(job.future, error)
+            return
+        self._metrics.batch(len(batch), len(items), sum(job.tokens for job in batch), time.monotonic() - started)
+        offset = 0
+        for job in batch:
+            rows = slice(offset, offset + len(job.items))
+            offset = rows.stop
+            try:
+                out = self.embedder.finish(vectors[rows], norms[rows], dimensions=job.dimensions,
+                                           normalize=job.request.normalize)
+            except Exception as exc:
+                _settle(job.future, exc)
+            else:
+                _settle(job.future, result=EmbedResult(out, job.tokens, started - job.admitted))
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def depth(self) -> tuple[int, int]:
+        """(requests admitted and not answered, tokens waiting for the backend)."""
+        with self._cond:
+            return len(self._live), self._queued_tokens
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Stop admitting; wait until every admitted request is answered. False if time ran out."""
+        with self._cond:
+            self._accepting = False
+            self._cond.notify_all()
+            return self._cond.wait_for(lambda: not self._live, timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the threads; requests still unanswered fail with UnavailableError. Idempotent."""
+        with self._cond:
+            self._accepting = False
+            self._closed = True
+            self._cond.notify_all()
+        self._prep.shutdown(wait=False, cancel_futures=True)
+        self._worker.join(timeout)
+        with self._cond:
+            leftover = list(self._live)
+            self._queue.clear()
+            self._queued_tokens = 0
+        for job in leftover:
+            _settle(job.future, UnavailableError("the server stopped before this request ran"))
+
+
+__all__ = [
+    "DeadlineExceededError",
+    "EmbedRequest",
+    "EmbedResult",
+    "InvalidFieldError",
+    "Scheduler",
+    "SchedulerMetrics",
+]

@@ -1,0 +1,191 @@
+"""gRPC transport: proto <-> plain types at the edge, the core in between, errors mapped by ``status_for``.
+
+``create_server`` builds and binds a server (our service, standard health, reflection) without
+starting it, so callers and tests decide when and how it serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from ..config import ServerConfig
+from ..core import EmbedRequest, EmbedResult
+from ..errors import InvalidInputError, status_for
+from .state import Phase, ServingState
+from .stubs import SERVICE_NAME, pb2
+
+_STREAM_WINDOW = 64  # requests one stream may have in flight; past it the stream is flow-controlled
+
+
+class _Unparsable:
+    """Stands in for a request protobuf could not parse (bad UTF-8), so it maps to INVALID_ARGUMENT."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _parse_embed(data: bytes) -> Any:
+    try:
+        return pb2.EmbedRequest.FromString(data)
+    except DecodeError as exc:
+        return _Unparsable(str(exc))
+
+
+def to_request(msg: Any, context: grpc.aio.ServicerContext) -> EmbedRequest:
+    """EmbedRequest proto -> plain request; the call's deadline becomes the core's deadline."""
+    if isinstance(msg, _Unparsable):
+        raise InvalidInputError(f"invalid `inputs`: every input must be valid UTF-8 text ({msg.reason})")
+    remaining = context.time_remaining()
+    return EmbedRequest(
+        texts=tuple(msg.inputs),
+        instruction=msg.instruction if msg.HasField("instruction") else None,
+        query=msg.query,
+        dimensions=msg.dimensions if msg.HasField("dimensions") else None,
+        normalize=msg.normalize if msg.HasField("normalize") else True,
+        truncate=msg.truncate if msg.HasField("truncate") else True,
+        deadline=None if remaining is None else time.monotonic() + remaining,
+    )
+
+
+def to_reply(result: EmbedResult, model: str) -> Any:
+    reply = pb2.EmbedResponse(model=model, usage=pb2.Usage(prompt_tokens=result.tokens, total_tokens=result.tokens))
+    reply.embeddings.extend(pb2.Embedding(values=row) for row in result.vectors.tolist())
+    return reply
+
+
+class EmbedderService:
+    """The ``embedrt.v1.Embedder`` handlers. Thin: convert, call the core, map errors once."""
+
+    def __init__(self, state: ServingState) -> None:
+        self.state = state
+
+    async def _fail(self, context: grpc.aio.ServicerContext, exc: BaseException, started: float) -> None:
+        code, _ = status_for(exc)
+        self.state.metrics.request("grpc", code, time.perf_counter() - started)
+        await context.abort(getattr(grpc.StatusCode, code), str(exc))  # raises: ends the call
+
+    async def Embed(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        try:
+            reply = to_reply(await self.state.embed(to_request(request, context)), self.state.model)
+        except asyncio.CancelledError:
+            self.state.metrics.request("grpc", "CANCELLED", time.perf_counter() - started)
+            raise
+        except Exception as exc:
+            await self._fail(context, exc, started)
+        self.state.metrics.request("grpc", "OK", time.perf_counter() - started)
+        return reply
+
+    async def EmbedStream(self, requests: AsyncIterator[Any],
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        # A reader task submits requests as they arrive (pipelining); replies go out in request order.
+        pending: asyncio.Queue[Any] = asyncio.Queue(_STREAM_WINDOW)
+
+        async def read() -> None:
+            try:
+                async for msg in requests:
+                    submitted = asyncio.ensure_future(self.state.embed(to_request(msg, context)))
+                    await pending.put((time.perf_counter(), submitted))
+            except Exception as exc:
+                await pending.put((time.perf_counter(), exc))
+            await pending.put(None)
+
+        reader = asyncio.create_task(read())
+        started = time.perf_counter()
+        try:
+            while (item := await pending.get()) is not None:
+                started, work = item
+                if isinstance(work, BaseException):
+                    raise work
+                reply = to_reply(await work, self.state.model)
+                self.state.metrics.request("grpc", "OK", time.perf_counter() - started)
+                yield reply
+        except asyncio.CancelledError:
+            self.state.metrics.request("grpc", "CANCELLED", time.perf_counter() - started)
+            raise
+        except Exception as exc:
+            await self._fail(context, exc, started)
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                item = pending.get_nowait()
+                if item is not None and isinstance(item[1], asyncio.Future):
+                    item[1].cancel()  # drops queued work before it reaches the backend
+
+    async def Info(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        try:
+            reply = pb2.InfoResponse(**self.state.info())
+        except Exception as exc:
+            await self._fail(context, exc, started)
+        self.state.metrics.request("grpc", "OK", time.perf_counter() - started)
+        return reply
+
+
+def _handlers(service: EmbedderService) -> grpc.GenericRpcHandler:
+    # Registered by hand rather than with the generated add_*_to_server, only to parse EmbedRequest
+    # ourselves: protobuf rejects bad UTF-8 at parse time, which gRPC would report as INTERNAL.
+    serialize = pb2.EmbedResponse.SerializeToString
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, {
+        "Embed": grpc.unary_unary_rpc_method_handler(service.Embed, _parse_embed, serialize),
+        "EmbedStream": grpc.stream_stream_rpc_method_handler(service.EmbedStream, _parse_embed, serialize),
+        "Info": grpc.unary_unary_rpc_method_handler(service.Info, pb2.InfoRequest.FromString,
+                                                    pb2.InfoResponse.SerializeToString),
+    })
+
+
+def _health(state: ServingState) -> HealthServicer:
+    health = HealthServicer()
+    serving = health_pb2.HealthCheckResponse.SERVING
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+
+    async def update(phase: Phase) -> None:
+        if phase in ("draining", "stopped"):
+            await health.enter_graceful_shutdown()  # NOT_SERVING for good: we never come back from a drain
+            return
+        for name in ("", SERVICE_NAME):  # "" is the whole server, as standard probes ask
+            await health.set(name, serving if phase == "ready" else not_serving)
+
+    state.on_phase(update)
+    return health
+
+
+def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    if not config.tls_cert and not config.tls_key:
+        return None
+    if not (config.tls_cert and config.tls_key):
+        raise ValueError("TLS needs both a certificate and a key (--tls-cert and --tls-key)")
+    pair = (Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())
+    return grpc.ssl_server_credentials([pair])
+
+
+def create_server(state: ServingState, config: ServerConfig) -> tuple[grpc.aio.Server, int]:
+    """A bound, not yet started gRPC server and its port (useful with ``grpc_port=0``)."""
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", -1),  # replies are bounded by max inputs x dimensions
+        ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
+    ])
+    server.add_generic_rpc_handlers((_handlers(EmbedderService(state)),))
+    health = _health(state)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    if config.reflection:
+        names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server)
+    address = f"[{config.host}]:{config.grpc_port}" if ":" in config.host else f"{config.host}:{config.grpc_port}"
+    credentials = _credentials(config)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    return server, port
+
+
+__all__ = ["EmbedderService", "create_server", "to_reply", "to_request"]

@@ -1,0 +1,186 @@
+"""One serving process: both transports, one model, the lifecycle from loading to drained.
+
+Order matters. Ports are bound first and health says NOT_SERVING; the model loads and a warm-up
+batch runs; then health says SERVING. On shutdown: NOT_SERVING, no new requests, admitted ones
+finish within the grace period, then the transports stop and the model is freed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from ..config import SchedulerConfig, ServerConfig
+from ..core import EmbedRequest, Scheduler
+from ..embedder import Embedder
+from .grpc_service import create_server
+from .http_app import HttpServer, create_http_server
+from .metrics import ServerMetrics
+from .state import ServingState
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[], Embedder]  # runs on a worker thread; Embedder.load(...) in practice
+
+
+@dataclass(frozen=True)
+class Ports:
+    grpc: int
+    http: int | None
+
+
+class EmbeddingServer:
+    """gRPC + optional HTTP in front of one ``Scheduler``; all methods run on one event loop."""
+
+    def __init__(self, loader: Loader, config: ServerConfig | None = None,
+                 scheduler: SchedulerConfig | None = None) -> None:
+        self.config = config or ServerConfig()
+        self.scheduler_config = scheduler or SchedulerConfig()
+        self.state = ServingState(ServerMetrics())
+        self._loader = loader
+        self._grpc: grpc.aio.Server | None = None
+        self._http: HttpServer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loaded: asyncio.Task[None] | None = None
+        self.ports = Ports(0, None)
+
+    async def start(self) -> Ports:
+        """Bind and start both transports (NOT_SERVING), then load the model in the background."""
+        grpc_server, grpc_port = create_server(self.state, self.config)
+        await self.state.set_phase("loading")  # the standard health servicer starts out SERVING
+        await grpc_server.start()
+        self._grpc = grpc_server
+        http_port = None
+        if self.config.http_port is not None:
+            self._http, http_port = create_http_server(self.state, self.config)
+            self._tasks.append(asyncio.create_task(self._http.serve_bound()))
+        self.ports = Ports(grpc_port, http_port)
+        self._loaded = asyncio.create_task(self._load())
+        return self.ports
+
+    async def _load(self) -> None:
+        embedder = await asyncio.to_thread(self._loader)
+        scheduler = Scheduler.for_embedder(embedder, self.scheduler_config, self.state.metrics)
+        try:
+            if self.config.warmup:  # the first batch pays for allocations and kernel selection
+                await asyncio.wrap_future(scheduler.submit(EmbedRequest(("warm-up",))))
+        except BaseException:
+            scheduler.close()
+            embedder.close()
+            raise
+        await self.state.loaded(embedder, scheduler)
+
+    async def wait_ready(self) -> None:
+        """Return once SERVING; raise whatever loading or warming up raised."""
+        assert self._loaded is not None, "start() first"
+        await asyncio.shield(self._loaded)
+
+    async def shutdown(self, grace: float | None = None) -> bool:
+        """Drain and stop. True if every admitted request was answered within the grace period."""
+        grace = self.config.grace_s if grace is None else grace
+        loop = asyncio.get_running_loop()
+        until = loop.time() + grace
+        await self.state.set_phase("draining")
+        scheduler, drained = self.state.scheduler, True
+        if scheduler is not None:
+            drained = await asyncio.to_thread(scheduler.drain, grace)
+        # In-flight calls have their results now; give the transports the rest of the grace to send them.
+        left = max(0.5, until - loop.time())
+        if self._grpc is not None:
+            await self._grpc.stop(left)
+        if self._http is not None:
+            self._http.should_exit = True
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=left + 1)
+        if self._loaded is not None and not self._loaded.done():
+            self._loaded.cancel()
+        if scheduler is not None:
+            scheduler.close()
+        if self.state.embedder is not None:
+            self.state.embedder.close()
+        await self.state.set_phase("stopped")
+        if not drained:
+            log.warning("the grace period of %.1fs ran out before every admitted request was answered", grace)
+        return drained
+
+
+async def serve_until_signal(server: EmbeddingServer, announce: Callable[[EmbeddingServer], None]) -> None:
+    """Start, announce once ready, and on SIGTERM/SIGINT drain within the grace period and return."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+        ready = asyncio.ensure_future(server.wait_ready())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({ready, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if ready.done() and ready.exception() is None:
+            announce(server)
+            await stopping
+        stopping.cancel()
+        if ready.done() and ready.exception() is None:
+            log.info("draining (grace %.1fs)", server.config.grace_s)
+        await server.shutdown(server.config.grace_s if ready.done() else 0.0)
+        if ready.done():
+            ready.result()  # a failed load is the command's failure
+        else:
+            ready.cancel()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+class ThreadedServer:
+    """An ``EmbeddingServer`` on its own event-loop thread: for tests, benchmarks, embedding in apps.
+
+        with ThreadedServer(lambda: Embedder.load(path), ServerConfig(grpc_port=0, http_port=0)) as srv:
+            srv.wait_ready(); channel = grpc.insecure_channel(f"127.0.0.1:{srv.ports.grpc}")
+    """
+
+    def __init__(self, loader: Loader, config: ServerConfig | None = None,
+                 scheduler: SchedulerConfig | None = None) -> None:
+        self.server = EmbeddingServer(loader, config, scheduler)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="embedrt-server", daemon=True)
+
+    @property
+    def ports(self) -> Ports:
+        return self.server.ports
+
+    @property
+    def state(self) -> ServingState:
+        return self.server.state
+
+    def start(self, timeout: float = 30.0) -> Ports:
+        self._thread.start()
+        return asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(timeout)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.wait_ready(), self._loop).result(timeout)
+
+    def stop(self, grace: float | None = None, timeout: float = 60.0) -> bool:
+        if not self._thread.is_alive():
+            return True
+        try:
+            return asyncio.run_coroutine_threadsafe(self.server.shutdown(grace), self._loop).result(timeout)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout)
+            self._loop.close()
+
+    def __enter__(self) -> ThreadedServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(grace=5.0)
+
+
+__all__ = ["EmbeddingServer", "Loader", "Ports", "ThreadedServer", "serve_until_signal"]

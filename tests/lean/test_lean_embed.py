@@ -1,0 +1,51 @@
+"""Load and embed a real artefact where only the runtime is installed (no torch, no transformers).
+
+`make test` exports a tiny Qwen3 with the main environment (scripts/make_test_artefact.py), with
+PyTorch reference vectors beside it, and passes the artefact here through EMBEDRT_LEAN_ARTEFACT.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedrt import Embedder
+
+
+@pytest.fixture(scope="module")
+def artefact() -> Path:
+    value = os.environ.get("EMBEDRT_LEAN_ARTEFACT")
+    if not value:  # fail, never skip: a lean run that embeds nothing proves nothing
+        pytest.fail("EMBEDRT_LEAN_ARTEFACT is not set; run `make test`, or export one with "
+                    "`.venv/bin/python scripts/make_test_artefact.py DIR` and set it to DIR/artefact")
+    path = Path(value)
+    assert (path / "manifest.json").is_file(), f"{path} is not an artefact"
+    return path
+
+
+def test_embeds_like_pytorch(artefact: Path) -> None:
+    reference = json.loads((artefact.parent / "reference.json").read_text(encoding="utf-8"))
+    with Embedder.load(artefact) as embedder:
+        assert embedder.backend_name == "onnxruntime" and embedder.precision == "fp32"
+        got = embedder.embed(reference["texts"])
+        alone = np.stack([embedder.embed([t])[0] for t in reference["texts"]])
+        queries = embedder.embed_queries(reference["texts"][:2], dimensions=32)
+    expected = np.asarray(reference["vectors"], dtype=np.float32)
+    assert float((got * expected).sum(axis=1).min()) >= 0.99999
+    np.testing.assert_allclose(got, alone, atol=2e-5)
+    assert queries.shape == (2, 32)
+    for name in ("torch", "transformers", "onnx"):
+        assert name not in sys.modules
+
+
+def test_embed_command(artefact: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "embedrt.cli", "embed", str(artefact), "hello", ""],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["data"]) == 2

@@ -1,0 +1,75 @@
+"""`embedrt embed`: texts and files in, JSON / .npy / .jsonl out, the same vectors as the library."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedrt import Embedder
+from embedrt.cli import main
+
+
+def test_texts_to_stdout_json(qwen3_artefact: Path, qwen3: Embedder, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["embed", str(qwen3_artefact), "hello world", ""]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["model"] == qwen3.manifest.name and doc["dimensions"] == 64 and doc["backend"] == "onnxruntime"
+    got = np.array([row["embedding"] for row in doc["data"]], dtype=np.float32)
+    np.testing.assert_allclose(got, qwen3.embed(["hello world", ""]), atol=1e-7)
+
+
+def test_query_task_and_dimensions(qwen3_artefact: Path, qwen3: Embedder, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["embed", str(qwen3_artefact), "rope", "--query-task", "Find papers", "--dimensions", "32"]) == 0
+    got = np.array(json.loads(capsys.readouterr().out)["data"][0]["embedding"], dtype=np.float32)
+    np.testing.assert_allclose(got, qwen3.embed_queries(["rope"], task="Find papers", dimensions=32)[0], atol=1e-7)
+    assert main(["embed", str(qwen3_artefact), "rope", "--query"]) == 0
+    got = np.array(json.loads(capsys.readouterr().out)["data"][0]["embedding"], dtype=np.float32)
+    np.testing.assert_allclose(got, qwen3.embed_queries(["rope"])[0], atol=1e-7)
+
+
+def test_txt_file_to_npy_with_progress(qwen3_artefact: Path, qwen3: Embedder, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    texts = [f"line {i} " + "word " * (i % 40) for i in range(310)]  # over the progress-bar threshold
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    out = tmp_path / "out.npy"
+    assert main(["embed", str(qwen3_artefact), "--input", str(tmp_path / "in.txt"), "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "310/310" in err and f"wrote 310 x 64 embeddings to {out}" in err
+    vectors = np.load(out)
+    assert vectors.dtype == np.float32 and vectors.shape == (310, 64)
+    np.testing.assert_allclose(vectors, qwen3.embed(texts), atol=1e-6)
+
+
+def test_jsonl_in_and_out(qwen3_artefact: Path, qwen3: Embedder, tmp_path: Path) -> None:
+    texts = ["first text", "zweiter Text", "第三"]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)), encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    assert main(["embed", str(qwen3_artefact), "--input", str(src), "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["index"] for r in rows] == [0, 1, 2]
+    np.testing.assert_allclose(np.array([r["embedding"] for r in rows]), qwen3.embed(texts), atol=1e-6)
+
+
+def test_errors_exit_2_with_a_message(qwen3_artefact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["embed", str(qwen3_artefact)]) == 2
+    assert "nothing to embed" in capsys.readouterr().err
+    assert main(["embed", str(qwen3_artefact), "x", "--dimensions", "7"]) == 2
+    assert "between 32 and 64" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"body": "no text"}\n', encoding="utf-8")
+    assert main(["embed", str(qwen3_artefact), "--input", str(bad)]) == 2
+    assert 'bad.jsonl:2 needs a "text" field' in capsys.readouterr().err
+    assert main(["embed", str(qwen3_artefact), "x", "--output", str(tmp_path / "out.csv")]) == 2
+    assert ".npy or .jsonl" in capsys.readouterr().err
+
+
+def test_runs_as_a_command(qwen3_artefact: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "embedrt.cli", "embed", str(qwen3_artefact), "hi"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["data"][0]["embedding"]) == 64

@@ -1,0 +1,82 @@
+"""`embedrt serve` as users run it: flags and EMBEDRT_* variables, and SIGTERM draining a real process."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from embedrt import Embedder
+from embedrt.cli import build_parser
+from embedrt.cli.serve import OPTIONS, settings_from
+from embedrt.server import pb2, pb2_grpc
+
+
+def _settings(argv: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    for option in OPTIONS:
+        monkeypatch.delenv(option.env, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return settings_from(build_parser().parse_args(["serve", *argv]))
+
+
+def test_flags_and_environment_map_onto_the_configs(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = _settings(["art", "--max-batch-tokens", "4096", "--http-port", "0"],
+                  {"EMBEDRT_MAX_QUEUE": "7", "EMBEDRT_MAX_BATCH_TOKENS": "999", "EMBEDRT_HOST": "0.0.0.0",
+                   "EMBEDRT_REFLECTION": "false", "EMBEDRT_MAX_WAIT_US": "150"}, monkeypatch)
+    assert s.artefact == "art"
+    assert s.scheduler.max_batch_tokens == 4096 and s.batching.max_batch_tokens == 4096  # the flag wins
+    assert s.scheduler.max_queued_requests == 7 and s.scheduler.max_wait_us == 150
+    assert s.server.host == "0.0.0.0" and s.server.reflection is False
+    assert s.server.http_port is None  # --http-port 0 turns HTTP off
+    defaults = _settings([], {"EMBEDRT_ARTEFACT": "from-env"}, monkeypatch)
+    assert defaults.artefact == "from-env"
+    assert (defaults.server.host, defaults.server.grpc_port, defaults.server.http_port) == ("127.0.0.1", 50051, 8080)
+
+
+def test_every_flag_has_an_environment_variable() -> None:
+    help_text = build_parser()._subparsers._group_actions[0].choices["serve"].format_help()  # type: ignore[union-attr]
+    flat = " ".join(help_text.split())
+    for option in OPTIONS:
+        assert option.flag in flat and option.env in flat.replace("- ", "-")
+
+
+def test_sigterm_drains_in_flight_requests(artefact: Path, library: Embedder) -> None:
+    # A long batching wait keeps admitted requests queued inside the server when SIGTERM arrives.
+    command = [sys.executable, "-m", "embedrt.cli", "serve", str(artefact), "--grpc-port", "0", "--http-port", "0",
+               "--max-wait-us", "400000", "--grace", "20"]
+    env = {**os.environ, "EMBEDRT_LOG_LEVEL": "WARNING"}
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        port = None
+        deadline = time.monotonic() + 60
+        assert process.stderr is not None
+        while port is None and time.monotonic() < deadline:
+            line = process.stderr.readline()
+            if not line:
+                break
+            found = re.search(r"ready: .* gRPC 127\.0\.0\.1:(\d+)", line)
+            port = int(found.group(1)) if found else None
+        assert port, "the server never reported ready"
+        texts = [f"in flight {i}" for i in range(16)]
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb2_grpc.EmbedderStub(channel)
+            futures = [stub.Embed.future(pb2.EmbedRequest(inputs=[t]), timeout=30) for t in texts]
+            time.sleep(0.15)  # admitted, and waiting for company
+            process.send_signal(signal.SIGTERM)
+            replies = [f.result() for f in futures]
+        got = np.array([r.embeddings[0].values for r in replies], dtype=np.float32)
+        np.testing.assert_allclose(got, library.embed(texts), atol=1e-6)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
