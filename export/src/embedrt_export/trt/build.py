@@ -1,0 +1,212 @@
+"""``embedrt build``: the artefact's ONNX graph -> one TensorRT plan per target GPU, in the engine store.
+
+Precision comes from the graph (TensorRT 11 and TensorRT-RTX are strongly typed): ``fp16`` builds
+``model.fp16.onnx`` with its FP32 islands, ``int8`` the Q/DQ graph of ``embedrt quantize``. Each plan
+is checked on the GPU when the build runs on the GPU it targets (engine vs ONNX Runtime FP32) and is
+installed only if it passes; plans built ahead of time for other GPUs are recorded as unchecked.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from embedrt.backends.tensorrt import make_logger
+from embedrt.config import BatchingConfig
+from embedrt.engines import (
+    EngineKey,
+    EngineRecord,
+    ProfileShape,
+    engine_dir,
+    sha256_bytes,
+    write_engine,
+)
+from embedrt.errors import BackendError
+from embedrt.manifest import Manifest, load_manifest
+
+from ..errors import ExportError
+from ..source import file_sha256
+from .flavours import BuilderFlavour, load_flavour
+from .profiles import default_profiles, parse_profiles, with_copies
+from .progress import heartbeat, progress_monitor
+
+Log = Callable[[str], None]
+INPUTS = ("input_ids", "attention_mask")
+TIMING_CACHE_NAME = "timing.cache"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    precisions: tuple[str, ...] = ("fp16",)
+    targets: tuple[str, ...] | None = None  # compute capabilities ("89"); None: the GPU here
+    flavour: str | None = None  # None: tensorrt where installed, else tensorrt-rtx
+    profiles: str | None = None  # the --profiles spec; None: from the batching buckets
+    contexts: int = 1  # copies of each profile, so that many contexts can run one bucket at once
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    verify: bool = True  # on a GPU, for the plan that targets it
+
+
+@dataclass
+class _Network:
+    """Builder objects that must stay alive together (the network references the parser's weights)."""
+
+    logger: Any
+    builder: Any
+    network: Any
+    parser: Any
+
+
+def current_gpu() -> Any | None:
+    """The GPU here (``embedrt.backends._cuda.GpuInfo``), or None without cuda-python / driver / GPU."""
+    from embedrt.backends import _cuda
+
+    try:
+        return _cuda.gpu_info(0)
+    except BackendError:
+        return None
+
+
+def parse_network(flavour: BuilderFlavour, onnx_path: Path) -> _Network:
+    """Parse the ONNX graph; any node TensorRT cannot import fails the build, listing each one."""
+    trt = flavour.trt
+    logger = make_logger(trt)
+    logger.errors.clear()
+    builder = trt.Builder(logger)
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):  # TensorRT 10 needs it; 11 / RTX always are
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    ok = parser.parse_from_file(str(onnx_path))
+    errors = onnx_errors(parser)
+    if not ok or errors:
+        listed = "\n  ".join(errors) or "; ".join(logger.errors) or "no detail"
+        raise ExportError(f"{flavour.name} {flavour.version} cannot parse {onnx_path.name}:\n  {listed}")
+    names = {network.get_input(i).name for i in range(network.num_inputs)}
+    if not set(INPUTS) <= names:
+        raise ExportError(f"{onnx_path.name} lacks inputs {sorted(set(INPUTS) - names)}; re-export the model")
+    return _Network(logger, builder, network, parser)
+
+
+def onnx_errors(parser: Any) -> list[str]:
+    """One line per parser error: node name, operator and TensorRT's description."""
+    lines = []
+    for i in range(parser.num_errors):
+        err = parser.get_error(i)
+        lines.append(f"node {err.node_name() or err.node()} ({err.node_operator() or '?'}): {err.desc()}")
+    return lines
+
+
+def build_plan(flavour: BuilderFlavour, net: _Network, profiles: tuple[ProfileShape, ...], sm: str,
+               current_sm: str | None, timing_cache: bytes | None, log: Log) -> tuple[memoryview, bytes | None]:
+    """Serialise one plan for compute capability ``sm``; returns (plan, updated timing cache)."""
+    trt = flavour.trt
+    config = net.builder.create_builder_config()
+    flavour.configure_target(config, sm, current_sm)
+    for profile in profiles:
+        shape = net.builder.create_optimization_profile()
+        for name in INPUTS:
+            shape.set_shape(name, profile.min, profile.opt, profile.max)
+        if config.add_optimization_profile(shape) < 0:
+            raise ExportError(f"TensorRT rejected profile {profile.describe()}")
+    cache = None
+    if flavour.timing_cache:
+        cache = config.create_timing_cache(timing_cache or b"")
+        config.set_timing_cache(cache, False)
+    monitor = progress_monitor(trt, log)
+    if monitor is not None:
+        config.progress_monitor = monitor
+        serialized = net.builder.build_serialized_network(net.network, config)
+    else:
+        with heartbeat(log, f"building sm{sm}"):
+            serialized = net.builder.build_serialized_network(net.network, config)
+    if serialized is None:
+        why = "; ".join(net.logger.errors) or "see TensorRT's log above"
+        raise ExportError(f"{flavour.name} could not build an engine for sm{sm}: {why}")
+    # A view, not bytes(): a plan is as large as the weights, and a copy would double peak memory.
+    return memoryview(serialized).cast("B"), (bytes(cache.serialize()) if cache is not None else None)
+
+
+def _profiles(manifest: Manifest, options: BuildOptions) -> tuple[ProfileShape, ...]:
+    base = (parse_profiles(options.profiles, manifest.max_length, options.batching) if options.profiles
+            else default_profiles(manifest.max_length, options.batching))
+    return with_copies(base, options.contexts)
+
+
+def _checked_graph(artefact: Path, manifest: Manifest, precision: str) -> tuple[Path, str]:
+    graph = manifest.graph(precision)  # ArtefactError naming the command that makes a missing graph
+    path = artefact / graph.file
+    if not path.is_file():
+        raise ExportError(f"{path} is missing; the artefact is incomplete, re-export the model")
+    if file_sha256(path) != graph.sha256:
+        raise ExportError(f"{path} differs from the manifest's checksum; re-export (or re-quantize) the model")
+    return path, graph.sha256
+
+
+def build_engines(artefact: str | Path, options: BuildOptions = BuildOptions(), log: Log = print) -> list[EngineRecord]:
+    """Build, check and install one engine per (precision, target). Returns the installed records."""
+    root = Path(artefact)
+    manifest = load_manifest(root)
+    flavour = load_flavour(options.flavour)
+    gpu = current_gpu()
+    current_sm = gpu.sm if gpu else None
+    targets = flavour.resolve_targets(options.targets, current_sm)
+    profiles = _profiles(manifest, options)
+    graphs = {precision: _checked_graph(root, manifest, precision) for precision in options.precisions}
+    log(f"{flavour.name} {flavour.version}: targets {', '.join('sm' + t for t in targets)}; "
+        f"profiles {', '.join(p.describe() for p in profiles)}"
+        + (f"; GPU here: {gpu.name} (sm{gpu.sm})" if gpu else "; no GPU here (ahead-of-time build)"))
+    installed = []
+    for precision in options.precisions:
+        onnx_path, onnx_sha = graphs[precision]
+        log(f"parsing {onnx_path.name}")
+        net = parse_network(flavour, onnx_path)
+        for sm in targets:
+            key = EngineKey(flavour.name, flavour.version, sm, precision)
+            old_cache = engine_dir(root, key) / TIMING_CACHE_NAME
+            started = time.perf_counter()
+            log(f"building {key}")
+            plan, cache = build_plan(flavour, net, profiles, sm, current_sm,
+                                     old_cache.read_bytes() if old_cache.is_file() else None, log)
+            seconds = round(time.perf_counter() - started, 2)
+            log(f"  plan {len(plan) / 2**20:.1f} MiB in {seconds:.1f} s")
+            build = {
+                "flavour_version": flavour.version, "target": f"sm{sm}", "seconds": seconds,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "profiles_spec": options.profiles or "default", "contexts": options.contexts,
+                "batching": asdict(options.batching), "layers": int(net.network.num_layers),
+                "timing_cache": "kept" if cache is not None else f"not supported by {flavour.name}",
+                "built_on_gpu": f"{gpu.name} (sm{gpu.sm})" if gpu else None,
+            }
+            record = EngineRecord(key, manifest.graph(precision).file, onnx_sha, sha256_bytes(plan), len(plan),
+                                  profiles, build)
+            record = _verified(root, manifest, flavour, record, plan, options, current_sm, log)
+            extra = {TIMING_CACHE_NAME: cache} if cache else None
+            write_engine(root, record, plan, extra)
+            log(f"installed {engine_dir(root, key)}")
+            installed.append(record)
+    return installed
+
+
+def _verified(root: Path, manifest: Manifest, flavour: BuilderFlavour, record: EngineRecord, plan: bytes,
+              options: BuildOptions, current_sm: str | None, log: Log) -> EngineRecord:
+    """The record with its parity report, or unchanged with the reason no GPU checked it."""
+    from dataclasses import replace
+
+    if record.key.sm != current_sm or not options.verify:
+        reason = ("verification turned off (--no-verify)" if not options.verify
+                  else f"built ahead of time; no sm{record.key.sm} GPU here to run it")
+        log(f"  not checked on a GPU: {reason}")
+        return replace(record, build={**record.build, "parity_skipped": reason})
+    from .verify import check, verify_plan
+
+    report = verify_plan(root, manifest, flavour.trt, record, plan, log)
+    check(report)  # ParityError: the engine is not installed
+    return replace(record, parity=report)
+
+
+__all__ = ["BuildOptions", "build_engines", "build_plan", "current_gpu", "onnx_errors", "parse_network"]

@@ -1,0 +1,202 @@
+"""GPU benchmark: the TensorRT backend (FP16, INT8) against PyTorch FP16 + SDPA and ONNX Runtime CUDA.
+
+    python scripts/make_random_qwen3.py /tmp/q06/model --shape 0.6b
+    embedrt export /tmp/q06/model --out /tmp/q06/art --max-length 512
+    python scripts/bench_gpu.py --model /tmp/q06/model --artefact /tmp/q06/art --out build/bench/gpu.json
+
+Same GPU, same process, same random token batches at each (rows x length) point. Reports tokens/s
+and p50 latency per backend, GPU memory held by the TensorRT runtime after load and at the largest
+point, and the issue's targets (FP16 engine >= 2x PyTorch FP16 at 32x512; INT8 >= 1.3x FP16;
+batch-1 short query < 3 ms; <= 2 GB held for a 0.6B FP16 engine). Builds the engines it needs for
+this GPU first. Without an NVIDIA GPU it stops at once with exit status 2, saying why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+POINTS = ((1, 32), (8, 128), (32, 512), (64, 512))
+
+
+def _batches(vocab: int, points: tuple[tuple[int, int], ...]) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    return {(r, s): (rng.integers(1, vocab, (r, s)).astype(np.int64), np.ones((r, s), np.int64)) for r, s in points}
+
+
+def _time(fn: Callable[[], Any], iters: int, sync: Callable[[], None] = lambda: None) -> list[float]:
+    for _ in range(max(3, iters // 10)):
+        fn()
+    sync()
+    samples = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        sync()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def _row(name: str, point: tuple[int, int], samples: list[float]) -> dict[str, Any]:
+    rows, seq = point
+    mean = statistics.fmean(samples)
+    return {"backend": name, "rows": rows, "sequence": seq, "p50_ms": 1e3 * statistics.median(samples),
+            "tokens_per_s": rows * seq / mean}
+
+
+def bench_tensorrt(artefact: Path, precision: str, batches: dict, iters: int) -> tuple[list[dict], dict[str, float]]:
+    from embedrt import Embedder
+    from embedrt.backends import _cuda
+    from embedrt.backends.base import Batch
+
+    baseline = _cuda.memory_in_use()
+    results = []
+    with Embedder.load(artefact, "tensorrt", precision=precision) as embedder:
+        backend = embedder._backend
+        memory = {"after_load_mib": (_cuda.memory_in_use() - baseline) / 2**20}
+        for point, (ids, mask) in batches.items():
+            batch = Batch(ids, mask, np.full(point[0], point[1]))
+            results.append(_row(f"tensorrt-{precision}", point, _time(lambda b=batch: backend.run(b), iters)))
+        memory["at_largest_point_mib"] = (_cuda.memory_in_use() - baseline) / 2**20
+        memory["engine"] = backend.describe().get("engine", "?")  # type: ignore[assignment]
+    return results, memory
+
+
+def bench_onnxruntime_cuda(artefact: Path, batches: dict, iters: int) -> list[dict]:
+    import onnxruntime
+
+    from embedrt.backends.base import Batch
+    from embedrt.backends.onnxruntime import OnnxRuntimeBackend
+    from embedrt.config import BackendConfig
+    from embedrt.manifest import load_manifest
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        print("ONNX Runtime CUDA: not installed (pip install onnxruntime-gpu); skipped")
+        return []
+    manifest = load_manifest(artefact)
+    precision = "fp16" if "fp16" in manifest.graphs else "fp32"
+    results = []
+    with OnnxRuntimeBackend(artefact, manifest, BackendConfig(precision=precision, device="cuda")) as backend:
+        for point, (ids, mask) in batches.items():
+            batch = Batch(ids, mask, np.full(point[0], point[1]))
+            results.append(_row(f"onnxruntime-cuda-{precision}", point, _time(lambda b=batch: backend.run(b), iters)))
+    return results
+
+
+def bench_pytorch(model_dir: Path, batches: dict, iters: int) -> list[dict]:
+    import torch
+    from transformers import AutoModel
+
+    if not torch.cuda.is_available():
+        print("PyTorch: this torch has no CUDA (install a CUDA build of torch); skipped")
+        return []
+    model = AutoModel.from_pretrained(model_dir, dtype=torch.float16, attn_implementation="sdpa").cuda().eval()
+    results = []
+    with torch.inference_mode():
+        for point, (ids, mask) in batches.items():
+            t_ids, t_mask = torch.from_numpy(ids).cuda(), torch.from_numpy(mask).cuda()
+
+            def run(i: Any = t_ids, m: Any = t_mask, net: Any = model) -> Any:
+                hidden = net(input_ids=i, attention_mask=m).last_hidden_state
+                return torch.nn.functional.normalize(hidden[:, -1].float(), dim=-1)  # last-token pooling, L2
+
+            results.append(_row("pytorch-fp16-sdpa", point, _time(run, iters, torch.cuda.synchronize)))
+    del model
+    torch.cuda.empty_cache()
+    return results
+
+
+def _ensure_engines(artefact: Path, precisions: list[str]) -> None:
+    from embedrt.backends import _cuda
+    from embedrt.backends.tensorrt import installed_flavours
+    from embedrt.engines import list_engines
+
+    gpu = _cuda.gpu_info(0)
+    flavours = installed_flavours()
+    have = {(r.key.sm, r.key.precision, r.key.flavour, r.key.trt_version) for r in list_engines(artefact)}
+    missing = [p for p in precisions
+               if not any((gpu.sm, p, f, m.__version__) in have for f, m in flavours.items())]
+    if missing:
+        from embedrt_export.trt import BuildOptions, build_engines
+
+        build_engines(artefact, BuildOptions(tuple(missing)))
+
+
+def _targets(results: list[dict], memory: dict[str, dict]) -> list[str]:
+    def tps(backend: str, point: tuple[int, int]) -> float | None:
+        return next((r["tokens_per_s"] for r in results
+                     if r["backend"] == backend and (r["rows"], r["sequence"]) == point), None)
+
+    lines = []
+    fp16, torch16 = tps("tensorrt-fp16", (32, 512)), tps("pytorch-fp16-sdpa", (32, 512))
+    if fp16 and torch16:
+        lines.append(f"TensorRT FP16 / PyTorch FP16 at 32x512: {fp16 / torch16:.2f}x (target >= 2x)")
+    int8 = tps("tensorrt-int8", (32, 512))
+    if int8 and fp16:
+        lines.append(f"TensorRT INT8 / FP16 at 32x512: {int8 / fp16:.2f}x (target >= 1.3x)")
+    short = next((r["p50_ms"] for r in results if r["backend"] == "tensorrt-fp16" and r["rows"] == 1), None)
+    if short is not None:
+        lines.append(f"batch-1 x32 p50 latency, TensorRT FP16: {short:.2f} ms (target < 3 ms on a datacenter GPU)")
+    if "fp16" in memory:
+        lines.append(f"GPU memory held, FP16 engine: {memory['fp16']['after_load_mib']:.0f} MiB after load, "
+                     f"{memory['fp16']['at_largest_point_mib']:.0f} MiB at the largest point (target <= 2048 MiB)")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--artefact", type=Path, required=True, help="artefact from `embedrt export`")
+    parser.add_argument("--model", type=Path, help="the Hugging Face model directory, for the PyTorch baseline")
+    parser.add_argument("--points", default=",".join(f"{r}x{s}" for r, s in POINTS), help="ROWSxLENGTH,...")
+    parser.add_argument("--iters", type=int, default=50)
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+
+    from embedrt.backends import _cuda
+    from embedrt.errors import EmbedrtError
+    from embedrt.manifest import load_manifest
+
+    try:
+        gpu = _cuda.gpu_info(0)
+    except EmbedrtError as exc:
+        print(f"bench_gpu: needs an NVIDIA GPU with a driver and cuda-python: {exc}", file=sys.stderr)
+        return 2
+    points = tuple(tuple(int(v) for v in p.split("x")) for p in args.points.split(","))
+    manifest = load_manifest(args.artefact)
+    vocab = int(manifest.pad_token_id) + 1  # ids below the pad id exist in every vocabulary we export
+    batches = _batches(max(vocab, 1000), points)  # type: ignore[arg-type]
+    precisions = [p for p in ("fp16", "int8") if p in manifest.graphs]
+    print(f"GPU: {gpu.name} (sm{gpu.sm}, {gpu.total_bytes / 2**30:.0f} GiB); points {args.points}; "
+          f"engines: {', '.join(precisions)}")
+    _ensure_engines(args.artefact, precisions)
+    results: list[dict] = []
+    memory: dict[str, dict] = {}
+    for precision in precisions:  # TensorRT first: before torch's caching allocator holds memory
+        rows, memory[precision] = bench_tensorrt(args.artefact, precision, batches, args.iters)
+        results += rows
+    results += bench_onnxruntime_cuda(args.artefact, batches, args.iters)
+    if args.model:
+        results += bench_pytorch(args.model, batches, args.iters)
+    print(f"{'backend':<26}{'point':>10}{'p50 ms':>10}{'tokens/s':>14}")
+    for r in results:
+        print(f"{r['backend']:<26}{str(r['rows']) + 'x' + str(r['sequence']):>10}{r['p50_ms']:>10.2f}"
+              f"{r['tokens_per_s']:>14,.0f}")
+    for line in _targets(results, memory):
+        print(line)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"gpu": gpu.name, "sm": gpu.sm, "results": results, "memory": memory},
+                                       indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
