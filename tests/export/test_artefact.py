@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from embedrt.manifest import load_manifest
-from embedrt_export import ExportOptions, ParityError, SourceNotFoundError, export_model, onnx_export, parity
+from embedrt_export import ExportOptions, ParityError, SourceNotFoundError, export_model, parity
 from embedrt_export.source import file_sha256
 
 
@@ -48,9 +48,7 @@ def test_existing_output_needs_overwrite(qwen3_artefact: Path, qwen3_dir: Path) 
         export_model(str(qwen3_dir), qwen3_artefact, ExportOptions(), log=lambda _: None)
 
 
-def test_external_data_artefact_is_relocatable(qwen3_dir: Path, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 0)  # as a >2 GB model would
+def test_external_data_artefact_is_relocatable(qwen3_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "a" / "art"
     m = export_model(str(qwen3_dir), out, ExportOptions(max_length=32), log=lambda _: None)
     assert m.graphs["fp32"].external_data == ("model.fp32.onnx.data",)

@@ -1,4 +1,4 @@
-"""torch -> ONNX with the dynamo exporter, and saving graphs (external data past 2 GB).
+"""torch -> ONNX with the dynamo exporter, and saving graphs with their weights in a side file.
 
 Why the dynamo exporter (``torch.onnx.export(..., dynamo=True)``), opset 20, eager attention:
 - it is the exporter PyTorch maintains; the TorchScript-based one is deprecated;
@@ -24,7 +24,6 @@ import onnx
 import torch
 
 INPUT_NAMES = ("input_ids", "attention_mask")
-EXTERNAL_DATA_THRESHOLD = 1 << 30  # bytes of weights above which they go to a side file
 
 
 def output_names(with_hidden_states: bool) -> tuple[str, ...]:
@@ -85,20 +84,16 @@ def _name_dynamic_axes(model: onnx.ModelProto) -> None:
                 dim.dim_param = names[axis]
 
 
-def weights_bytes(model: onnx.ModelProto) -> int:
-    return sum(len(t.raw_data) for t in model.graph.initializer)
-
-
 def save(model: onnx.ModelProto, path: Path) -> tuple[str, ...]:
-    """Save a graph; weights go to ``<file>.data`` beside it past the threshold. Returns side files."""
-    external = weights_bytes(model) > EXTERNAL_DATA_THRESHOLD
-    if external:
-        location = path.name + ".data"
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=location, size_threshold=1024)
-        (path.parent / location).chmod(0o644)  # onnx creates it private; artefacts are shared read-only
-        onnx.checker.check_model(str(path))
-        return (location,)
-    onnx.save_model(model, str(path))
+    """Save a graph with its weights in ``<file>.data`` beside it; returns the side files.
+
+    Always external, not only past protobuf's 2 GB limit: ONNX Runtime memory-maps external weights
+    (a 0.6B-width model's resident memory after load: 0.37x its weights, against about 1.75x with the
+    weights inside the .onnx), and every artefact then has the same layout.
+    """
+    location = path.name + ".data"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=location, size_threshold=1024)
+    (path.parent / location).chmod(0o644)  # onnx creates it private; artefacts are shared read-only
     onnx.checker.check_model(str(path))
-    return ()
+    return (location,)
