@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ArtefactError, EngineMismatchError
 from .manifest import Manifest
+from .storage import atomic_directory
 
 ENGINES_DIR = "engines"
 PLAN_NAME = "engine.plan"
@@ -244,23 +242,11 @@ def write_engine(artefact: Path, record: EngineRecord, plan: bytes | memoryview,
     root = engines_root(artefact)
     root.mkdir(parents=True, exist_ok=True)
     final = root / str(record.key)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=root))
-    try:
-        staging.chmod(0o755)  # mkdtemp makes it private; the artefact is meant to be shared
+    with atomic_directory(final) as staging:
         (staging / PLAN_NAME).write_bytes(plan)
         for name, data in (extra or {}).items():
             (staging / name).write_bytes(data)
         (staging / RECORD_NAME).write_text(record.to_json(), encoding="utf-8")  # last: marks completeness
-        if final.exists():
-            old = root / f".{final.name}.old-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(staging, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return final
 
 
