@@ -24,17 +24,17 @@ import math
 import os
 import platform
 import random
-import re
 import subprocess
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
+from benchdocs import markers, write_section  # scripts/ is on sys.path when run as a script
+
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "build" / "bench"
-DOCS = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- runtime:begin -->", "<!-- runtime:end -->"
+BEGIN, END = markers("runtime")
 
 
 # -- setup (main environment) ---------------------------------------------------------------------
@@ -211,15 +211,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_docs(section: str) -> None:
-    text = DOCS.read_text(encoding="utf-8") if DOCS.exists() else "# Benchmarks\n\n"
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?", lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOCS.write_text(text, encoding="utf-8")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--texts", type=int, default=96)
@@ -268,7 +259,7 @@ def main() -> int:
     (WORK / "runtime.json").write_text(json.dumps(report, indent=2))
     print(json.dumps({s: round(r["tokens_per_s"]) for s, r in best.items()}))
     if not args.no_docs:
-        write_docs(markdown(report))
+        write_section("runtime", markdown(report))
     return 0
 
 

@@ -33,11 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from benchdocs import markers, write_section  # scripts/ is on sys.path when run as a script
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- server:begin -->", "<!-- server:end -->"
+BEGIN, END = markers("server")
 WORDS = ("vector search engine model token batch query document retrieval latency throughput server "
          "graph tensor kernel memory cache index cosine shard replica queue request embedding").split()
 
@@ -252,15 +252,6 @@ def render(results: list[Result], overhead: list[Result], ceiling: tuple[float, 
     return "\n".join(lines)
 
 
-def write_docs(section: str) -> None:
-    text = DOCS.read_text(encoding="utf-8") if DOCS.exists() else "# Benchmarks\n\n"
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?", lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOCS.write_text(text, encoding="utf-8")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artefact", help="artefact directory (default: export a tiny random Qwen3)")
@@ -289,7 +280,7 @@ def main() -> int:
     section = render(results, overhead, backend_ceiling(artefact, texts), args)
     print(section)
     if not args.no_docs:
-        write_docs(section)
+        write_section("server", section)
     return 0
 
 
