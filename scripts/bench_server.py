@@ -4,7 +4,7 @@
 
 The server runs as its own process (`embedrt serve`), the clients in this one (asyncio: grpc.aio and
 a plain keep-alive HTTP/1.1 client), all on 127.0.0.1. Each request carries one text from a fixed,
-seeded mix of 5-60 words.
+seeded mix of --words words (default 5-60).
 Modes, one fresh server each:
   dynamic      cross-request batching (the defaults)
   batch-of-one --max-batch-requests 1: every request is its own backend call
@@ -42,9 +42,14 @@ WORDS = ("vector search engine model token batch query document retrieval latenc
          "graph tensor kernel memory cache index cosine shard replica queue request embedding").split()
 
 
-def make_texts(count: int, seed: int = 0) -> list[str]:
+def make_texts(count: int, words: tuple[int, int], seed: int = 0) -> list[str]:
     rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 60))) for _ in range(count)]
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(*words))) for _ in range(count)]
+
+
+def word_range(value: str) -> tuple[int, int]:
+    low, _, high = value.partition("-")
+    return int(low), int(high or low)
 
 
 def ensure_artefact(path: str | None) -> Path:
@@ -217,10 +222,12 @@ def render(results: list[Result], overhead: list[Result], ceiling: tuple[float, 
         return next(r for r in results if r.mode == mode and r.transport == transport)
 
     lines = [BEGIN, "## Server", "",
-             f"`python scripts/bench_server.py --clients {args.clients} --requests {args.requests}` on "
+             f"`python scripts/bench_server.py --clients {args.clients} --requests {args.requests} "
+             f"--words {args.words[0]}-{args.words[1]}` on "
              f"{platform.machine()} / {os.cpu_count()} CPUs ({platform.processor() or 'cpu'}), "
              f"Python {platform.python_version()}; tiny random Qwen3 (hidden 64, 2 layers, FP32, ONNX Runtime CPU); "
-             "one text of 5-60 words per request; server and clients share the machine.", "",
+             f"one text of {args.words[0]}-{args.words[1]} words per request; server and clients share the machine.",
+             "",
              "| transport | batching | clients | requests/s | p50 ms | p99 ms | mean batch size | speed-up |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
@@ -259,10 +266,12 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--transports", default="grpc,http")
     parser.add_argument("--sequential", type=int, default=400, help="requests in the overhead run")
+    parser.add_argument("--words", type=word_range, default=(5, 60), metavar="MIN-MAX",
+                        help="words per request text (default 5-60; short queries: 2-8)")
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     args = parser.parse_args()
     artefact = ensure_artefact(args.artefact)
-    texts = make_texts(args.requests)
+    texts = make_texts(args.requests, args.words)
     transports = [t for t in args.transports.split(",") if t]
     modes = {"dynamic": [], "batch-of-one": ["--max-batch-requests", "1"]}
     results: list[Result] = []
