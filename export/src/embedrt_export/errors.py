@@ -19,3 +19,11 @@ class ParityError(ExportError):
     def __init__(self, message: str, report: dict[str, object]) -> None:
         super().__init__(message)
         self.report = report
+
+
+class QuantizationError(ExportError):
+    """INT8 quantization failed or missed its quality gate; the artefact was left as it was."""
+
+    def __init__(self, message: str, report: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.report = report or {}

@@ -18,9 +18,9 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
 Pooling = Literal["last_token", "mean", "cls"]
-Precision = Literal["fp32", "fp16", "int8"]
+Precision = Literal["fp32", "fp16", "int8", "int8-cpu"]  # int8-cpu: ONNX Runtime dynamic INT8, CPU only
 POOLINGS: tuple[str, ...] = ("last_token", "mean", "cls")
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "int8-cpu")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from ..errors import EmbedrtError
 
-_COMMAND_MODULES = ("export_stage", "embed", "serve", "build_cmd")
+_COMMAND_MODULES = ("export_stage", "embed", "serve", "build_cmd", "quantize_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,92 @@
+"""Regenerates calibration.jsonl and heldout.jsonl (run: python -m embedrt_export.data.generate).
+
+The texts are written for this repository: short facts on many topics in several languages, code
+snippets, and search queries about them. Documents are random combinations of a topic's sentences
+(1 to 12 of them, so lengths spread from a few tokens to a few hundred); queries are stored raw with
+a task and formatted with the artefact's own query template when used. The held-out set draws its
+English documents and queries from topics the calibration set never sees. Deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from .corpus import CODE, MULTILINGUAL, TASKS, TOPICS
+
+HERE = Path(__file__).parent
+
+
+def _document(rng: random.Random, sentences: list[str], joiner: str = " ") -> str:
+    k = rng.choice([1, 1, 2, 2, 3, 4, 6, 8, 12])
+    picked = [rng.choice(sentences) for _ in range(k)] if k > len(sentences) else rng.sample(sentences, k)
+    return joiner.join(picked)
+
+
+def _records(rng: random.Random, topics: dict[str, dict[str, list[str]]], docs_per_topic: int,
+             queries_per_topic: int) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    for topic, body in topics.items():
+        for _ in range(docs_per_topic):
+            out.append({"kind": "document", "lang": "en", "topic": topic, "text": _document(rng, body["facts"])})
+        for query in rng.sample(body["queries"], min(queries_per_topic, len(body["queries"]))):
+            out.append({"kind": "query", "lang": "en", "topic": topic, "task": rng.choice(TASKS), "text": query})
+    return out
+
+
+def _multilingual(rng: random.Random, docs: int, queries: int) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    for lang, body in MULTILINGUAL.items():
+        joiner = "" if lang in ("zh", "ja") else " "
+        for _ in range(docs):
+            out.append({"kind": "document", "lang": lang, "text": _document(rng, body["facts"], joiner)})
+        for query in rng.sample(body["queries"], min(queries, len(body["queries"]))):
+            out.append({"kind": "query", "lang": lang, "task": rng.choice(TASKS), "text": query})
+    return out
+
+
+def _code(rng: random.Random, snippets: list[tuple[str, str]]) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    for query, code in snippets:
+        out.append({"kind": "document", "lang": "code", "text": code})
+        out.append({"kind": "query", "lang": "code", "task": TASKS[-1], "text": query})
+    return out
+
+
+def build() -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    names = sorted(TOPICS)
+    held_topics = set(names[::3])  # every third topic is held out entirely
+    calib_rng, held_rng = random.Random(1), random.Random(2)
+    calibration = _records(calib_rng, {t: TOPICS[t] for t in names if t not in held_topics}, 10, 3)
+    calibration += _multilingual(calib_rng, 14, 3)
+    calibration += _code(calib_rng, CODE[::2])
+    heldout = _records(held_rng, {t: TOPICS[t] for t in names if t in held_topics}, 8, 3)
+    heldout += _multilingual(held_rng, 6, 2)
+    heldout += _code(held_rng, CODE[1::2])
+    calib_rng.shuffle(calibration)
+    held_rng.shuffle(heldout)
+    heldout = _unique(heldout, set())
+    calibration = _unique(calibration, {r["text"] for r in heldout})
+    return calibration, heldout
+
+
+def _unique(records: list[dict[str, str]], taken: set[str]) -> list[dict[str, str]]:
+    out = []
+    for record in records:
+        if record["text"] not in taken:
+            taken.add(record["text"])
+            out.append(record)
+    return out
+
+
+def main() -> None:
+    calibration, heldout = build()
+    for name, records in (("calibration.jsonl", calibration), ("heldout.jsonl", heldout)):
+        lines = [json.dumps(r, ensure_ascii=False) for r in records]
+        (HERE / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        print(f"{name}: {len(records)} texts, {sum(len(x) for x in lines) // 1024} KiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,306 @@
+"""``embedrt quantize``: an artefact's FP32 graph -> calibrated INT8 Q/DQ graph behind a quality gate.
+
+The Q/DQ graph (``model.int8.onnx``, manifest key "int8") is what TensorRT 11 / TensorRT-RTX build
+INT8 engines from: explicit QuantizeLinear / DequantizeLinear pairs, symmetric, every zero point 0
+(TensorRT rejects others). The same file runs on ONNX Runtime CPU, so its quality is measured here.
+Quantizer: ONNX Runtime's static QDQ quantizer (see docs/int8.md for the comparison with ModelOpt).
+
+Optionally a CPU-only variant (``model.int8-cpu.onnx``, key "int8-cpu"): ONNX Runtime dynamic
+quantization (weights INT8 per channel, activations quantized per batch at run time), kept only
+when it is faster than the Q/DQ graph on ONNX Runtime CPU and passes the same gate.
+
+Everything is written in a hidden directory inside the artefact, checked, gated, and only then moved
+into place and recorded in the manifest (written atomically). A failure leaves the artefact as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from embedrt.manifest import MANIFEST_NAME, GraphFile, Manifest, load_manifest
+
+from . import calibration, int8_plan, quality
+from .artefact import checksums, write_atomic
+from .errors import QuantizationError
+
+METHODS = ("entropy", "max", "percentile")
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    calibration: Path | None = None  # txt / jsonl; None: the shipped set
+    method: str = "max"
+    smoothquant: float | None = None  # alpha, or None for off
+    exclude: tuple[str, ...] = ()
+    gate: float = 0.99
+    per_layer_sensitivity: bool = False
+    cpu_variant: bool = True
+    batch_size: int = 8
+    limit_calibration: int | None = None  # use the first N texts (tests, quick looks)
+    limit_heldout: int | None = None
+    show_progress: bool = True
+
+
+def _calibrate_method(name: str) -> Any:
+    from onnxruntime.quantization import CalibrationMethod
+
+    methods = {"entropy": CalibrationMethod.Entropy, "max": CalibrationMethod.MinMax,
+               "percentile": CalibrationMethod.Percentile}
+    if name not in methods:
+        raise QuantizationError(f"--method must be one of {', '.join(METHODS)} (got {name!r})")
+    return methods[name]
+
+
+def _static_options() -> dict[str, Any]:
+    return {
+        # TensorRT accepts only symmetric Q/DQ: every zero point 0.
+        "ActivationSymmetric": True,
+        "WeightSymmetric": True,
+        # Quantize what feeds a MatMul, not what comes out of it: an INT8 output would round the
+        # residual branch (BERT's FFN output carries outliers), and TensorRT fuses the rest anyway.
+        "OpTypesToExcludeOutputQuantization": list(int8_plan.QUANTIZED_OPS),
+        # One batch per calibration step: histograms merge batch by batch, lengths may differ.
+        "CalibStridedMinMax": 1,
+    }
+
+
+@dataclass
+class _Work:
+    """What one quantize run has in hand: paths in the staging directory and the texts."""
+
+    artefact: Path
+    stage: Path
+    manifest: Manifest
+    options: QuantizeOptions
+    log: Log
+    source: Path  # the float graph the quantizer reads (pre-processed, maybe smoothed)
+    plan: int8_plan.Plan
+    cpu_plan: int8_plan.Plan  # without --exclude: dynamic INT8 copes with outliers and is gated on its own
+    held: quality.HeldOut
+    calib_batches: list[calibration.Feed]
+    calib_source: str
+
+    def quantize_static(self, out: Path, nodes: tuple[str, ...], progress: bool) -> None:
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+        reader = calibration.CalibrationReader(self.calib_batches, show_progress=progress)
+        # ORT's histogram calibrators print a line per batch to stdout; the progress bar says enough.
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(
+                str(self.source), str(out), reader, quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(int8_plan.QUANTIZED_OPS), per_channel=True,
+                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_quantize=list(nodes),
+                use_external_data_format=True, calibrate_method=_calibrate_method(self.options.method),
+                extra_options=_static_options(), calibration_cache_path=str(self.stage / "ranges.json"))
+        reader.close()
+
+    def mean_cosine(self, graph: Path) -> float:
+        return quality.compare(self.held, self.held.embed(quality.open_session(graph)), 0.0)["mean_cosine"]
+
+
+def quantize_artefact(artefact: str | Path, options: QuantizeOptions = QuantizeOptions(),
+                      log: Log = print) -> Manifest:
+    """Add an INT8 graph (and, where it wins, an int8-cpu graph) to ``artefact``; returns the new manifest."""
+    root = Path(artefact).resolve()
+    manifest = load_manifest(root)
+    fp32 = root / manifest.graph("fp32").file
+    _calibrate_method(options.method)
+    started = time.perf_counter()
+    stage = Path(tempfile.mkdtemp(prefix=".quantize-", dir=root))
+    try:
+        work = _prepare(root, stage, manifest, fp32, options, log)
+        graphs = [_static_graph(work, fp32)]
+        if options.cpu_variant:
+            cpu = _cpu_graph(work, graphs[0])
+            if cpu is not None:
+                graphs.append(cpu)
+        updated = _commit(root, stage, manifest, graphs)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    log(f"quantized {root} in {time.perf_counter() - started:.1f} s: {', '.join(g.precision for g in graphs)}")
+    return updated
+
+
+def _prepare(root: Path, stage: Path, manifest: Manifest, fp32: Path, options: QuantizeOptions, log: Log) -> _Work:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    records = calibration.load_records(options.calibration or calibration.SHIPPED["calibration"])
+    records = records[: options.limit_calibration] if options.limit_calibration else records
+    held_records = calibration.load_records(calibration.SHIPPED["heldout"])
+    held_records = held_records[: options.limit_heldout] if options.limit_heldout else held_records
+    if not records:
+        raise QuantizationError("the calibration set is empty")
+    encoder = calibration.TextEncoder(root, manifest)
+    batches = encoder.batches(calibration.format_records(records, manifest), options.batch_size)
+    log(f"held-out: {len(held_records)} texts through the FP32 graph (reference)")
+    held = quality.HeldOut.build(calibration.format_records(held_records, manifest),
+                                 [r.kind for r in held_records], encoder, fp32)
+    # Shape inference only: ORT's graph optimisations would fuse norms into com.microsoft ops,
+    # which TensorRT cannot parse and which would hide the structure the plan reads.
+    source = stage / "float.onnx"
+    quant_pre_process(str(fp32), str(source), skip_optimization=True, skip_symbolic_shape=True,
+                      save_as_external_data=True, all_tensors_to_one_file=True,
+                      external_data_location="float.onnx.data")
+    structure = onnx.load(str(fp32), load_external_data=False)
+    plan, cpu_plan = int8_plan.make_plan(structure, options.exclude), int8_plan.make_plan(structure)
+    if not plan.quantize:
+        raise QuantizationError("no linear layer is left to quantize; check --exclude")
+    log(f"plan: {len(plan.quantize)} linear layers to INT8, {len(plan.excluded)} MatMul/Gemm kept float")
+    if options.smoothquant is not None:
+        from .smoothquant import smooth
+
+        model = onnx.load(str(source))
+        counts = smooth(model, plan.quantize, batches, options.smoothquant)
+        log(f"smoothquant (alpha {options.smoothquant}): {counts['folded']} folded, "
+            f"{counts['inserted_mul']} Mul inserted")
+        source = stage / "smoothed.onnx"
+        onnx.save_model(model, str(source), save_as_external_data=True, location="smoothed.onnx.data")
+    calib_source = str(options.calibration) if options.calibration else "shipped:calibration.jsonl"
+    return _Work(root, stage, manifest, options, log, source, plan, cpu_plan, held, batches, calib_source)
+
+
+def _static_graph(work: _Work, fp32: Path) -> GraphFile:
+    import onnxruntime
+
+    options, log = work.options, work.log
+    out = work.stage / "model.int8.onnx"
+    log(f"calibrating ({options.method}) on {sum(len(b['input_ids']) for b in work.calib_batches)} texts, "
+        f"quantizing with onnxruntime {onnxruntime.__version__}")
+    work.quantize_static(out, work.plan.quantize, options.show_progress)
+    _validate(out, work.plan)
+    report = quality.compare(work.held, work.held.embed(quality.open_session(out)), options.gate)
+    _log_report(log, "int8", report)
+    sensitivity = _sensitivity(work) if options.per_layer_sensitivity else None
+    if not report["passed"]:
+        raise QuantizationError(_failure(work, fp32, out, report, sensitivity), report)
+    quantization = {
+        "format": "QDQ", "symmetric": True, "per_channel_weights": True, "activations": "int8, static per tensor",
+        "method": options.method, "smoothquant_alpha": options.smoothquant,
+        "quantizer": "onnxruntime.quantization.quantize_static", "quantizer_version": onnxruntime.__version__,
+        "calibration": {"source": work.calib_source, "texts": sum(len(b["input_ids"]) for b in work.calib_batches),
+                        "batch_size": options.batch_size},
+        **work.plan.summary(),
+    }
+    if sensitivity is not None:
+        quantization["sensitivity"] = sensitivity
+    return GraphFile(file=out.name, precision="int8", sha256="", external_data=(f"{out.name}.data",),
+                     parity=report, quantization=quantization)
+
+
+def _cpu_graph(work: _Work, static: GraphFile) -> GraphFile | None:
+    """ONNX Runtime dynamic INT8, kept only if it beats the Q/DQ graph on ORT CPU and passes the gate."""
+    import onnxruntime
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = work.stage / "model.int8-cpu.onnx"
+    quantize_dynamic(str(work.stage / "float.onnx"), str(out), op_types_to_quantize=list(int8_plan.QUANTIZED_OPS),
+                     per_channel=True, weight_type=QuantType.QInt8, nodes_to_quantize=list(work.cpu_plan.quantize),
+                     use_external_data_format=True)
+    session = quality.open_session(out)
+    report = quality.compare(work.held, work.held.embed(session), work.options.gate)
+    _log_report(work.log, "int8-cpu", report)
+    feed = max(work.held.batches, key=lambda b: int(b["attention_mask"].sum()))
+    static_tps = quality.throughput(quality.open_session(work.stage / static.file), feed)
+    cpu_tps = quality.throughput(session, feed)
+    speed = {"batch": list(feed["input_ids"].shape), "int8_tokens_per_s": round(static_tps, 1),
+             "int8_cpu_tokens_per_s": round(cpu_tps, 1)}
+    work.log(f"  ORT CPU on a {feed['input_ids'].shape[0]}x{feed['input_ids'].shape[1]} batch: "
+             f"int8 (Q/DQ) {static_tps:.0f} tokens/s, int8-cpu (dynamic) {cpu_tps:.0f} tokens/s")
+    if not report["passed"] or cpu_tps <= static_tps:
+        why = "below the gate" if not report["passed"] else "not faster than the Q/DQ graph"
+        work.log(f"  int8-cpu not kept: {why}")
+        return None
+    quantization = {"format": "dynamic (MatMulInteger)", "weights": "int8 per channel, symmetric",
+                    "activations": "uint8, quantized per batch at run time", "cpu_only": True,
+                    "quantizer": "onnxruntime.quantization.quantize_dynamic",
+                    "quantizer_version": onnxruntime.__version__, "speed_vs_int8_qdq": speed,
+                    **work.cpu_plan.summary()}
+    return GraphFile(file=out.name, precision="int8-cpu", sha256="",
+                     external_data=(f"{out.name}.data",), parity=report, quantization=quantization)
+
+
+def _validate(path: Path, plan: int8_plan.Plan) -> None:
+    onnx.checker.check_model(str(path))
+    model = onnx.load(str(path), load_external_data=False)
+    bad = int8_plan.nonzero_zero_points(model)
+    if bad:
+        raise QuantizationError(f"{len(bad)} Q/DQ nodes have non-zero zero points (e.g. {bad[0]}); "
+                                "TensorRT would reject the graph")
+    done = set(int8_plan.quantized_matmuls(model))
+    missing = [n for n in plan.quantize if n not in done]
+    if missing:
+        raise QuantizationError(f"the quantizer left {len(missing)} planned layers in float (e.g. {missing[0]})")
+
+
+def _log_report(log: Log, name: str, report: dict[str, Any]) -> None:
+    log(f"  {name} vs FP32 on {report['texts']} held-out texts: mean cosine {report['mean_cosine']:.5f}, "
+        f"min {report['min_cosine']:.5f}, top-{quality.TOP_K} retrieval agreement "
+        f"{report[f'retrieval_agreement_at_{quality.TOP_K}']:.3f} (gate: mean >= {report['gate_mean_cosine']})")
+
+
+def _sensitivity(work: _Work) -> dict[str, list[dict[str, Any]]]:
+    """Quantize one group at a time (calibration reused) and measure it; worst first."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for key in ("layer", "role"):
+        rows = []
+        for group, nodes in work.plan.groups(key).items():
+            path = work.stage / "probe.onnx"
+            work.quantize_static(path, nodes, progress=False)
+            rows.append({"group": group, "nodes": len(nodes), "mean_cosine_alone": work.mean_cosine(path)})
+            work.log(f"  sensitivity: only {group} in INT8 -> mean cosine {rows[-1]['mean_cosine_alone']:.5f}")
+        out[key] = sorted(rows, key=lambda r: r["mean_cosine_alone"])
+    return out
+
+
+def _failure(work: _Work, fp32: Path, out: Path, report: dict[str, Any],
+             sensitivity: dict[str, list[dict[str, Any]]] | None) -> str:
+    head = (f"INT8 graph misses the quality gate: mean cosine {report['mean_cosine']:.5f} < "
+            f"{report['gate_mean_cosine']} (min {report['min_cosine']:.5f}); the artefact is unchanged.")
+    if sensitivity is not None:
+        worst = [f"{r['group']} ({r['mean_cosine_alone']:.5f})"
+                 for key in ("role", "layer") for r in sensitivity[key][:3]]
+        return f"{head} Most harmful alone: {', '.join(worst)}. Exclude some with --exclude PATTERN."
+    try:
+        errors = quality.node_errors(fp32, out, work.plan.quantize, work.held.batches[-1])
+    except (ValueError, RuntimeError):  # e.g. a graph past protobuf's 2 GB limit: skip the hint
+        errors = {}
+    top = sorted(errors, key=errors.__getitem__, reverse=True)[:3]
+    hint = ", ".join(f"{work.plan.paths[n]} ({errors[n]:.1%} output error)" for n in top)
+    return (f"{head} Largest errors at: {hint or 'n/a'}. Run with --per-layer-sensitivity to measure each "
+            "layer group, then --exclude the worst (patterns match node names, module paths or classes).")
+
+
+def _commit(root: Path, stage: Path, manifest: Manifest, graphs: list[GraphFile]) -> Manifest:
+    """Move the new graphs into the artefact, then rewrite the manifest in one atomic step."""
+    for graph in graphs:
+        for name in (graph.file, *graph.external_data):
+            (stage / name).chmod(0o644)  # tempfiles are private; artefacts are shared read-only
+    updated = manifest
+    for graph in graphs:
+        names = [graph.file, *graph.external_data]
+        for name in names:
+            os.replace(stage / name, root / name)
+        sums = checksums(root, names)
+        updated = updated.with_graph(GraphFile(**{**graph.__dict__, "sha256": sums[graph.file]}), sums)
+    # An int8-cpu graph from an earlier run no longer matches the new int8 one: drop it with its files.
+    stale = None if any(g.precision == "int8-cpu" for g in graphs) else manifest.graphs.get("int8-cpu")
+    old = (stale.file, *stale.external_data) if stale else ()
+    if stale:
+        updated = replace(updated, graphs={k: g for k, g in updated.graphs.items() if k != "int8-cpu"},
+                          files={k: v for k, v in updated.files.items() if k not in old})
+    write_atomic(root / MANIFEST_NAME, updated.to_json())
+    for name in old:
+        (root / name).unlink(missing_ok=True)
+    return updated

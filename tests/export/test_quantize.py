@@ -1,0 +1,306 @@
+"""``embedrt quantize``: calibrated INT8 Q/DQ graphs behind a quality gate, on tiny Qwen3 and real MiniLM.
+
+Calibration uses few texts here (the shipped set has several hundred) so the file stays quick;
+the held-out set is cut too, keeping enough queries and documents for top-10 retrieval agreement.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from embedrt.cli import main
+from embedrt.manifest import load_manifest
+from embedrt_export.calibration import SHIPPED, load_records
+from embedrt_export.errors import QuantizationError
+from embedrt_export.fp16 import _module_classes
+from embedrt_export.quality import retrieval_agreement
+from embedrt_export.quantize import QuantizeOptions, quantize_artefact
+from embedrt_export.source import file_sha256
+
+QUICK = dict(limit_calibration=40, limit_heldout=64, show_progress=False)
+# As docs/int8.md recommends for MiniLM: its FFN layers carry token-wise activation outliers that
+# static per-tensor INT8 cannot hold (0.972 mean cosine fully quantized), so they stay float.
+MINILM_EXCLUDE = ("BertIntermediate", "BertOutput")
+LINEAR_PER_LAYER = {"qwen3": 7, "bert": 6}  # q k v o gate up down / q k v attn-out intermediate output
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)  # session fixtures are shared: quantize a copy
+    return dst
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def qwen3_int8(qwen3_artefact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = _copy(qwen3_artefact, tmp_path_factory.mktemp("q8") / "qwen3")
+    quantize_artefact(out, QuantizeOptions(**QUICK), log=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def minilm_int8(minilm_artefact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = _copy(minilm_artefact, tmp_path_factory.mktemp("q8") / "minilm")
+    quantize_artefact(out, QuantizeOptions(exclude=MINILM_EXCLUDE, **QUICK), log=lambda _: None)
+    return out
+
+
+@pytest.fixture(params=["qwen3", "minilm"])
+def int8_artefact(request: pytest.FixtureRequest) -> Path:
+    return request.getfixturevalue(f"{request.param}_int8")
+
+
+def _load(artefact: Path, key: str = "int8") -> onnx.ModelProto:
+    return onnx.load(str(artefact / load_manifest(artefact).graph(key).file), load_external_data=True)
+
+
+def _dq_fed(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """Node name -> indices of its inputs that come straight from a DequantizeLinear."""
+    dq_out = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    return {n.name: [i for i, x in enumerate(n.input) if x in dq_out] for n in model.graph.node}
+
+
+def test_int8_passes_gate_and_is_recorded(int8_artefact: Path) -> None:
+    m = load_manifest(int8_artefact)
+    graph = m.graphs["int8"]
+    report = graph.parity
+    assert report["passed"] and report["mean_cosine"] >= 0.99 and report["gate_mean_cosine"] == 0.99
+    assert report["min_cosine"] > 0.9 and report["retrieval_agreement_at_10"] >= 0.8
+    assert report["queries"] >= 10 and report["documents"] >= 10
+    q = graph.quantization
+    assert q["format"] == "QDQ" and q["symmetric"] and q["method"] == "max"
+    assert q["quantizer"] == "onnxruntime.quantization.quantize_static" and q["quantizer_version"] == ort.__version__
+    assert q["calibration"] == {"source": "shipped:calibration.jsonl", "texts": 40, "batch_size": 8}
+    for name in (graph.file, *graph.external_data):
+        assert m.files[name] == file_sha256(int8_artefact / name)
+    assert graph.sha256 == m.files[graph.file]
+    assert not list(int8_artefact.glob(".quantize-*")), "staging directory left behind"
+    # The INT8 graph tracks FP32 on texts it never saw.
+    texts = ["Instruct: Find docs\nQuery:what is int8?", "Le renard brun rapide.", "def f(x):\n    return x"]
+    fp32 = ort.InferenceSession(str(int8_artefact / m.graph("fp32").file), providers=["CPUExecutionProvider"])
+    int8 = ort.InferenceSession(str(int8_artefact / graph.file), providers=["CPUExecutionProvider"])
+    from embedrt_export.calibration import TextEncoder
+
+    feed = TextEncoder(int8_artefact, m).encode(texts)
+    a, b = (s.run(["sentence_embedding"], feed)[0] for s in (fp32, int8))
+    assert np.all(np.sum(a * b, axis=1) > 0.97)
+
+
+def test_zero_points_all_zero(int8_artefact: Path) -> None:
+    model = _load(int8_artefact)
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert len(qdq) > 20
+    for node in qdq:
+        assert len(node.input) == 3, f"{node.name} has no explicit zero point"
+        zp = inits[node.input[2]]
+        assert zp.dtype == np.int8 and not zp.any(), f"{node.name}: zero point {zp}"
+
+
+def test_every_linear_layer_quantized_except_excluded(qwen3_int8: Path, minilm_int8: Path) -> None:
+    for artefact, family, layers, excluded_per_layer in ((qwen3_int8, "qwen3", 2, 0), (minilm_int8, "bert", 6, 2)):
+        model = _load(artefact)
+        inits = {i.name: i for i in model.graph.initializer}
+        producer = {n.output[0]: n for n in model.graph.node}
+        fed = _dq_fed(model)
+        weight_int8 = [n.name for n in model.graph.node
+                       if n.op_type == "MatMul" and 1 in fed[n.name]
+                       and inits[producer[n.input[1]].input[0]].data_type == onnx.TensorProto.INT8]
+        assert len(weight_int8) == layers * (LINEAR_PER_LAYER[family] - excluded_per_layer)
+        # Quantized MatMuls take INT8 on both inputs (activation and weight) and give float out.
+        assert all(fed[name] == [0, 1] for name in weight_int8)
+        summary = load_manifest(artefact).graphs["int8"].quantization
+        assert summary["quantized_nodes"] == len(weight_int8)
+
+
+def test_excluded_ops_stay_float(int8_artefact: Path) -> None:
+    model = _load(int8_artefact)
+    fed = _dq_fed(model)
+    float_ops = {"Gather", "Softmax", "LayerNormalization", "ReduceMean", "Pow", "Sqrt", "ReduceL2", "Div",
+                 "ReduceSum", "GatherND", "ArgMax"}
+    checked = 0
+    for node in model.graph.node:
+        classes = _module_classes(node)
+        in_norm = any(c.endswith(("RMSNorm", "LayerNorm")) for c in classes)
+        tail = 0 < len(classes) <= 1
+        if node.op_type in float_ops or in_norm or tail:
+            assert not fed[node.name], f"{node.op_type} {node.name} ({classes}) reads a dequantized tensor"
+            checked += 1
+        if node.op_type == "MatMul" and 1 not in fed[node.name]:
+            assert not fed[node.name], f"attention MatMul {node.name} was quantized"
+    assert checked > 10
+    # The token-embedding table is still float.
+    emb = [n for n in model.graph.node if n.op_type == "Gather" and "Embedding" in _module_classes(n)]
+    inits = {i.name: i for i in model.graph.initializer}
+    assert emb and all(inits[n.input[0]].data_type == onnx.TensorProto.FLOAT for n in emb)
+
+
+def test_exclude_pattern_keeps_matches_float(qwen3_artefact: Path, tmp_path: Path) -> None:
+    out = _copy(qwen3_artefact, tmp_path / "a")
+    quantize_artefact(out, QuantizeOptions(exclude=("*.mlp.down_proj", "model.layers.1.self_attn.*"),
+                                           cpu_variant=False, **QUICK), log=lambda _: None)
+    q = load_manifest(out).graphs["int8"].quantization
+    assert q["quantized_nodes"] == 14 - 2 - 4
+    assert q["excluded_counts"]["--exclude *.mlp.down_proj"] == 2
+    assert q["excluded_counts"]["--exclude model.layers.1.self_attn.*"] == 4
+    model = _load(out)
+    fed = _dq_fed(model)
+    for name in q["excluded_nodes"]:
+        assert not fed[name], f"{name} was excluded but reads dequantized input"
+    assert "int8-cpu" not in load_manifest(out).graphs
+
+
+def test_gate_failure_changes_nothing(qwen3_int8: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Start from an artefact that already has INT8 graphs: a failed run must keep them as they are.
+    out = _copy(qwen3_int8, tmp_path / "a")
+    before = _snapshot(out)
+    rc = main(["quantize", str(out), "--gate", "1.000001", "--batch-size", "16"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "misses the quality gate" in err and "the artefact is unchanged" in err
+    assert "Largest errors at: model.layers." in err  # names the layers that hurt most
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)
+
+
+def test_per_layer_sensitivity_names_worst_groups(qwen3_artefact: Path, tmp_path: Path) -> None:
+    out = _copy(qwen3_artefact, tmp_path / "a")
+    with pytest.raises(QuantizationError) as info:
+        quantize_artefact(out, QuantizeOptions(gate=1.000001, per_layer_sensitivity=True, **QUICK),
+                          log=lambda _: None)
+    assert "Most harmful alone: model.layers.*." in str(info.value)
+    assert "int8" not in load_manifest(out).graphs and not (out / "model.int8.onnx").exists()
+
+
+def test_cpu_variant_is_gated_and_recorded(minilm_int8: Path) -> None:
+    # On MiniLM the Q/DQ graph keeps its FFN float while dynamic INT8 quantizes every linear layer,
+    # so dynamic wins on ORT CPU by a wide margin (about 2x): a stable place to check the choice.
+    m = load_manifest(minilm_int8)
+    cpu = m.graphs.get("int8-cpu")
+    assert cpu is not None, "int8-cpu was not kept on MiniLM; dynamic INT8 is expected to beat Q/DQ there"
+    assert cpu.parity["passed"] and cpu.parity["mean_cosine"] >= 0.99
+    speed = cpu.quantization["speed_vs_int8_qdq"]
+    assert speed["int8_cpu_tokens_per_s"] > speed["int8_tokens_per_s"]
+    assert cpu.quantization["quantized_nodes"] == 36  # --exclude shapes the Q/DQ graph only
+    ops = {n.op_type for n in _load(minilm_int8, "int8-cpu").graph.node}
+    assert "DynamicQuantizeLinear" in ops and "MatMulInteger" in ops
+    assert cpu.sha256 == m.files[cpu.file] == file_sha256(minilm_int8 / cpu.file)
+
+
+def test_embedder_runs_int8(int8_artefact: Path) -> None:
+    from embedrt import Embedder
+
+    texts = ["first text", "zweiter Text", "第三", "def f(x):\n    return x"]
+    with Embedder.load(int8_artefact, backend="onnxruntime", precision="fp32") as ref:
+        want = ref.embed(texts)
+    keys = [k for k in ("int8", "int8-cpu") if k in load_manifest(int8_artefact).graphs]
+    assert "int8" in keys
+    for precision in keys:
+        with Embedder.load(int8_artefact, backend="onnxruntime", precision=precision) as emb:
+            assert emb.precision == precision
+            got = emb.embed(texts)
+        assert got.shape == want.shape
+        assert np.all(np.sum(got * want, axis=1) > 0.97)
+
+
+@pytest.mark.trt
+def test_tensorrt_rtx_builds_int8_ahead_of_time(int8_artefact: Path) -> None:
+    trt = pytest.importorskip("tensorrt_rtx_bindings", reason="pip install 'embedrt-export[tensorrt-rtx]'")
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    path = int8_artefact / load_manifest(int8_artefact).graph("int8").file
+    assert parser.parse_from_file(str(path)), [parser.get_error(i).desc() for i in range(parser.num_errors)]
+    kinds = {network.get_layer(i).type for i in range(network.num_layers)}
+    assert trt.LayerType.QUANTIZE in kinds and trt.LayerType.DEQUANTIZE in kinds
+    config = builder.create_builder_config()
+    config.num_compute_capabilities = 1
+    config.set_compute_capability(trt.ComputeCapability.SM89, 0)
+    profile = builder.create_optimization_profile()
+    for name in ("input_ids", "attention_mask"):
+        profile.set_shape(name, (1, 1), (4, 64), (8, 128))
+    config.add_optimization_profile(profile)
+    plan = builder.build_serialized_network(network, config)
+    assert plan is not None and plan.nbytes > 0
+
+
+def test_calibration_files(tmp_path: Path) -> None:
+    txt = tmp_path / "c.txt"
+    txt.write_text("one\n\ntwo\n", encoding="utf-8")
+    assert [r.text for r in load_records(txt)] == ["one", "two"]
+    jl = tmp_path / "c.jsonl"
+    jl.write_text(json.dumps({"text": "q", "kind": "query", "task": "t"}) + "\n" + json.dumps("plain") + "\n")
+    assert [(r.text, r.kind, r.task) for r in load_records(jl)] == [("q", "query", "t"), ("plain", "document", None)]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    with pytest.raises(QuantizationError, match=r"bad\.jsonl:1"):
+        load_records(bad)
+    with pytest.raises(QuantizationError, match="does not exist"):
+        load_records(tmp_path / "missing.txt")
+
+
+def test_shipped_sets_are_disjoint_and_varied() -> None:
+    calib, held = load_records(SHIPPED["calibration"]), load_records(SHIPPED["heldout"])
+    assert len(calib) >= 300 and len(held) >= 150
+    assert not {r.text for r in calib} & {r.text for r in held}
+    for records in (calib, held):
+        assert sum(r.kind == "query" for r in records) >= 30
+        lengths = [len(r.text) for r in records]
+        assert min(lengths) < 40 and max(lengths) > 800
+        assert any("def " in r.text for r in records) and any("的" in r.text for r in records)
+    assert sum(p.stat().st_size for p in SHIPPED.values()) < 300_000
+
+
+def test_custom_calibration_file_is_recorded(qwen3_artefact: Path, tmp_path: Path) -> None:
+    out = _copy(qwen3_artefact, tmp_path / "a")
+    calib = tmp_path / "mine.txt"
+    calib.write_text("\n".join(f"sentence number {i} about embeddings" for i in range(12)), encoding="utf-8")
+    rc = main(["quantize", str(out), "--calibration", str(calib), "--method", "entropy", "--no-cpu-variant"])
+    assert rc == 0
+    q = load_manifest(out).graphs["int8"].quantization
+    assert q["calibration"]["source"] == str(calib) and q["calibration"]["texts"] == 12
+    assert q["method"] == "entropy"
+
+
+def test_smoothquant_keeps_fp32_function(qwen3_artefact: Path) -> None:
+    from embedrt_export.calibration import TextEncoder
+    from embedrt_export.int8_plan import make_plan
+    from embedrt_export.smoothquant import smooth
+
+    m = load_manifest(qwen3_artefact)
+    model = onnx.load(str(qwen3_artefact / m.graph("fp32").file))
+    feed = TextEncoder(qwen3_artefact, m).encode(["a short text", "and a somewhat longer one, with commas"])
+    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    counts = smooth(model, make_plan(model).quantize, [feed], alpha=0.5)
+    # q/k/v share the input RMSNorm and gate/up the post-attention one: folded into the norm weights.
+    assert counts["folded"] == 4 and counts["inserted_mul"] == 4  # o_proj and down_proj get a Mul
+    after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    assert np.min(np.sum(before * after, axis=1)) > 0.99999
+
+
+def test_missing_export_stage_gives_install_hint(monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "embedrt_export", None)  # import now raises ImportError
+    assert main(["quantize", str(tmp_path)]) == 2
+    assert "pip install embedrt-export" in capsys.readouterr().err
+
+
+def test_retrieval_agreement() -> None:
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(40, 8)).astype(np.float32)
+    queries, docs = list(range(5)), list(range(5, 40))
+    assert retrieval_agreement(vecs, vecs, queries, docs) == 1.0
+    noisy = vecs + rng.normal(scale=1.0, size=vecs.shape).astype(np.float32)
+    assert retrieval_agreement(vecs, noisy, queries, docs) < 1.0
