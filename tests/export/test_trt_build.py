@@ -24,7 +24,7 @@ from embedrt.engines import (
     select_engine,
 )
 from embedrt.errors import ArtefactError, EngineMismatchError
-from embedrt.manifest import GraphFile, load_manifest
+from embedrt.manifest import load_manifest
 
 trt = pytest.importorskip("tensorrt_rtx_bindings",
                           reason="TensorRT-RTX is not installed: pip install 'embedrt-export[tensorrt-rtx]'")
@@ -56,31 +56,12 @@ def _copy(src: Path, tmp_path: Path) -> Path:
 
 
 def _add_int8_graph(artefact: Path) -> None:
-    """A symmetric Q/DQ INT8 graph (what TensorRT accepts), registered as the artefact's "int8" graph.
+    """The artefact's "int8" graph, made as a user would: ``embedrt quantize`` (symmetric Q/DQ)."""
+    from embedrt_export.quantize import QuantizeOptions, quantize_artefact
 
-    Made here with ONNX Runtime's static quantizer on random token batches; ``embedrt quantize``
-    (the export stage's INT8 path) writes the same kind of graph with real calibration text.
-    """
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    from embedrt_export.source import file_sha256
-
-    manifest = load_manifest(artefact)
-    rng = np.random.default_rng(0)
-    feeds = [{"input_ids": rng.integers(0, 500, (2, 24)).astype(np.int64),
-              "attention_mask": np.ones((2, 24), np.int64)} for _ in range(4)]
-
-    class Reader(CalibrationDataReader):
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return feeds.pop() if feeds else None
-
-    out = artefact / "model.int8.onnx"
-    quantize_static(str(artefact / manifest.graph("fp32").file), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
-    sha = file_sha256(out)
-    graph = GraphFile(out.name, "int8", sha, quantization={"method": "onnxruntime quantize_static QDQ symmetric"})
-    (artefact / "manifest.json").write_text(manifest.with_graph(graph, {out.name: sha}).to_json(), encoding="utf-8")
+    quantize_artefact(artefact, QuantizeOptions(cpu_variant=False, limit_calibration=16, limit_heldout=24,
+                                                show_progress=False), log=lambda _: None)
+    assert "int8" in load_manifest(artefact).graphs
 
 
 def _check_store(artefact: Path, precisions: tuple[str, ...], targets: tuple[str, ...]) -> None:
