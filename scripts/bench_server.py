@@ -57,7 +57,7 @@ def ensure_artefact(path: str | None) -> Path:
         return Path(path)
     out = ROOT / "build" / "bench" / "tiny-qwen3"
     subprocess.run([sys.executable, str(ROOT / "scripts" / "make_test_artefact.py"), str(out)], check=True)
-    return out
+    return out / "artefact"  # make_test_artefact.py writes OUT/artefact and OUT/reference.json
 
 
 def free_port() -> int:
