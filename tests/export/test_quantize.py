@@ -27,9 +27,9 @@ from embedrt_export.quantize import QuantizeOptions, quantize_artefact
 from embedrt_export.source import file_sha256
 
 QUICK = dict(limit_calibration=40, limit_heldout=64, show_progress=False)
-# As docs/int8.md recommends for MiniLM: its FFN layers carry token-wise activation outliers that
-# static per-tensor INT8 cannot hold (0.972 mean cosine fully quantized), so they stay float.
-MINILM_EXCLUDE = ("BertIntermediate", "BertOutput")
+# MiniLM's FFN layers carry token-wise activation outliers that static per-tensor INT8 cannot hold
+# (0.972 mean cosine fully quantized): with default options the automatic exclusion search keeps them float.
+MINILM_FFN_CLASSES = {"BertIntermediate", "BertOutput"}
 LINEAR_PER_LAYER = {"qwen3": 7, "bert": 6}  # q k v o gate up down / q k v attn-out intermediate output
 
 
@@ -52,7 +52,7 @@ def qwen3_int8(qwen3_artefact: Path, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture(scope="module")
 def minilm_int8(minilm_artefact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = _copy(minilm_artefact, tmp_path_factory.mktemp("q8") / "minilm")
-    quantize_artefact(out, QuantizeOptions(exclude=MINILM_EXCLUDE, **QUICK), log=lambda _: None)
+    quantize_artefact(out, QuantizeOptions(**QUICK), log=lambda _: None)  # defaults: auto-exclusion on
     return out
 
 
@@ -161,10 +161,58 @@ def test_exclude_pattern_keeps_matches_float(qwen3_artefact: Path, tmp_path: Pat
     assert "int8-cpu" not in load_manifest(out).graphs
 
 
+def test_minilm_auto_excludes_ffn_and_records_why(minilm_int8: Path) -> None:
+    q = load_manifest(minilm_int8).graphs["int8"].quantization
+    auto = q["auto_exclude"]
+    assert auto["passed"] and auto["granularity"] == "role" and auto["first_try"]["mean_cosine"] < 0.99
+    assert {e["module_class"] for e in auto["excluded"]} == MINILM_FFN_CLASSES
+    assert {e["group"].split(".*.", 1)[-1] for e in auto["excluded"]} == {"intermediate.dense", "output.dense"}
+    last = auto["excluded"][-1]
+    assert last["mean_cosine_after"] >= 0.99 and auto["excluded"][0]["mean_cosine_after"] < 0.99
+    # The sensitivity numbers behind the choice: worst first, and the excluded groups lead.
+    rows = auto["tries"][0]["sensitivity"]
+    assert [r["mean_cosine_alone"] for r in rows] == sorted(r["mean_cosine_alone"] for r in rows)
+    assert [r["group"] for r in rows[:2]] == [e["group"] for e in auto["excluded"]]
+    assert sum(why.startswith("auto-exclude ") for why in q["excluded_nodes"].values()) == 12
+
+
+def test_minilm_without_auto_exclude_fails_unchanged(minilm_artefact: Path, tmp_path: Path) -> None:
+    out = _copy(minilm_artefact, tmp_path / "a")
+    before = _snapshot(out)
+    with pytest.raises(QuantizationError) as info:
+        quantize_artefact(out, QuantizeOptions(auto_exclude=False, cpu_variant=False, **QUICK), log=lambda _: None)
+    assert "Largest errors at:" in str(info.value) and "Automatic exclusion" not in str(info.value)
+    assert _snapshot(out) == before
+
+
+def test_qwen3_passes_first_time_without_auto_exclusion(qwen3_int8: Path) -> None:
+    q = load_manifest(qwen3_int8).graphs["int8"].quantization
+    assert "auto_exclude" not in q and q["quantized_nodes"] == 14
+    assert not any(why.startswith("auto-exclude") for why in q["excluded_nodes"].values())
+
+
+def test_auto_exclude_that_gives_up_changes_nothing(qwen3_int8: Path, tmp_path: Path) -> None:
+    # Reachable in principle (below 1) but not with one group float: the search runs, then gives up.
+    out = _copy(qwen3_int8, tmp_path / "a")
+    before = _snapshot(out)
+    logs: list[str] = []
+    with pytest.raises(QuantizationError) as info:
+        quantize_artefact(out, QuantizeOptions(gate=0.9999999, max_auto_exclusions=1, cpu_variant=False, **QUICK),
+                          log=logs.append)
+    message = str(info.value)
+    assert "Automatic exclusion gave up after keeping 1 group(s) float" in message
+    assert "Most harmful alone: model.layers." in message and "the artefact is unchanged" in message
+    assert sum("auto-exclude (role)" in line for line in logs) == 1
+    assert sum("auto-exclude (layer)" in line for line in logs) == 1
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)
+
+
 def test_gate_failure_changes_nothing(qwen3_int8: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # Start from an artefact that already has INT8 graphs: a failed run must keep them as they are.
     out = _copy(qwen3_int8, tmp_path / "a")
     before = _snapshot(out)
+    # A gate above 1 is out of reach of any exclusion, so the search is skipped: the plain failure.
     rc = main(["quantize", str(out), "--gate", "1.000001", "--batch-size", "16"])
     assert rc == 2
     err = capsys.readouterr().err
@@ -192,7 +240,7 @@ def test_cpu_variant_is_gated_and_recorded(minilm_int8: Path) -> None:
     assert cpu.parity["passed"] and cpu.parity["mean_cosine"] >= 0.99
     speed = cpu.quantization["speed_vs_int8_qdq"]
     assert speed["int8_cpu_tokens_per_s"] > speed["int8_tokens_per_s"]
-    assert cpu.quantization["quantized_nodes"] == 36  # --exclude shapes the Q/DQ graph only
+    assert cpu.quantization["quantized_nodes"] == 36  # exclusions shape the Q/DQ graph only
     ops = {n.op_type for n in _load(minilm_int8, "int8-cpu").graph.node}
     assert "DynamicQuantizeLinear" in ops and "MatMulInteger" in ops
     assert cpu.sha256 == m.files[cpu.file] == file_sha256(minilm_int8 / cpu.file)

@@ -60,6 +60,7 @@ class Plan:
     quantize: tuple[str, ...]  # node names handed to the quantizer
     paths: dict[str, str]  # node name -> module path, for every node in ``quantize``
     excluded: dict[str, str] = field(default_factory=dict)  # candidate node -> why it stays float
+    owners: dict[str, str] = field(default_factory=dict)  # node -> class of the module holding it (BertOutput)
 
     def groups(self, key: str = "layer") -> dict[str, tuple[str, ...]]:
         """Quantized nodes by transformer layer (``key="layer"``) or by role across layers."""
@@ -68,6 +69,13 @@ class Plan:
         for name in self.quantize:
             out.setdefault(keyfn(self.paths[name]), []).append(name)
         return {k: tuple(v) for k, v in out.items()}
+
+    def without(self, nodes: Sequence[str], reason: str) -> Plan:
+        """The same plan with ``nodes`` kept float for ``reason`` (the automatic exclusion search)."""
+        drop = set(nodes)
+        return Plan(tuple(n for n in self.quantize if n not in drop),
+                    {n: p for n, p in self.paths.items() if n not in drop},
+                    {**self.excluded, **{n: reason for n in nodes}}, self.owners)
 
     def summary(self) -> dict[str, object]:
         reasons: dict[str, int] = {}
@@ -89,6 +97,7 @@ def make_plan(model: onnx.ModelProto, exclude: Sequence[str] = ()) -> Plan:
     chosen: list[str] = []
     paths: dict[str, str] = {}
     excluded: dict[str, str] = {}
+    owners: dict[str, str] = {}
     for node in model.graph.node:
         if node.op_type not in QUANTIZED_OPS:
             continue
@@ -106,7 +115,9 @@ def make_plan(model: onnx.ModelProto, exclude: Sequence[str] = ()) -> Plan:
         else:
             chosen.append(node.name)
             paths[node.name] = path
-    return Plan(tuple(chosen), paths, excluded)
+            # classes end with the Linear itself; the one before names the block part (BertIntermediate).
+            owners[node.name] = classes[-2]
+    return Plan(tuple(chosen), paths, excluded, owners)
 
 
 def quantized_matmuls(model: onnx.ModelProto) -> list[str]:

@@ -30,7 +30,7 @@ import onnx
 
 from embedrt.manifest import MANIFEST_NAME, GraphFile, Manifest, load_manifest
 
-from . import calibration, int8_plan, quality
+from . import autoexclude, calibration, int8_plan, quality
 from .artefact import checksums, write_atomic
 from .errors import QuantizationError
 
@@ -46,6 +46,8 @@ class QuantizeOptions:
     exclude: tuple[str, ...] = ()
     gate: float = 0.99
     per_layer_sensitivity: bool = False
+    auto_exclude: bool = True  # below the gate, keep the most harmful layer groups float (autoexclude.py)
+    max_auto_exclusions: int = 4  # groups the search may keep float before it gives up
     cpu_variant: bool = True
     batch_size: int = 8
     limit_calibration: int | None = None  # use the first N texts (tests, quick looks)
@@ -95,6 +97,8 @@ class _Work:
     def quantize_static(self, out: Path, nodes: tuple[str, ...], progress: bool) -> None:
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
+        for stale in (out, out.with_name(f"{out.name}.data")):
+            stale.unlink(missing_ok=True)  # onnx appends external data to an existing file: start clean
         reader = calibration.CalibrationReader(self.calib_batches, show_progress=progress)
         # ORT's histogram calibrators print a line per batch to stdout; the progress bar says enough.
         with contextlib.redirect_stdout(io.StringIO()):
@@ -183,8 +187,14 @@ def _static_graph(work: _Work, fp32: Path) -> GraphFile:
     report = quality.compare(work.held, work.held.embed(quality.open_session(out)), options.gate)
     _log_report(log, "int8", report)
     sensitivity = _sensitivity(work) if options.per_layer_sensitivity else None
+    auto = None
+    if not report["passed"] and _search_can_help(work):
+        auto = autoexclude.search(work.plan, report, lambda plan, key: _probe(work, plan, key, sensitivity),
+                                  lambda plan: _attempt(work, out, plan), options.max_auto_exclusions, log)
+        report, work.plan = auto.report, auto.plan
+        log(f"  auto-exclude {'passed' if auto.passed else 'gave up'} in {auto.record['seconds']} s")
     if not report["passed"]:
-        raise QuantizationError(_failure(work, fp32, out, report, sensitivity), report)
+        raise QuantizationError(_failure(work, fp32, out, report, sensitivity, auto), report)
     quantization = {
         "format": "QDQ", "symmetric": True, "per_channel_weights": True, "activations": "int8, static per tensor",
         "method": options.method, "smoothquant_alpha": options.smoothquant,
@@ -195,6 +205,8 @@ def _static_graph(work: _Work, fp32: Path) -> GraphFile:
     }
     if sensitivity is not None:
         quantization["sensitivity"] = sensitivity
+    if auto is not None:
+        quantization["auto_exclude"] = auto.record
     return GraphFile(file=out.name, precision="int8", sha256="", external_data=(f"{out.name}.data",),
                      parity=report, quantization=quantization)
 
@@ -251,26 +263,53 @@ def _log_report(log: Log, name: str, report: dict[str, Any]) -> None:
 
 
 def _sensitivity(work: _Work) -> dict[str, list[dict[str, Any]]]:
-    """Quantize one group at a time (calibration reused) and measure it; worst first."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for key in ("layer", "role"):
-        rows = []
-        for group, nodes in work.plan.groups(key).items():
-            path = work.stage / "probe.onnx"
-            work.quantize_static(path, nodes, progress=False)
-            rows.append({"group": group, "nodes": len(nodes), "mean_cosine_alone": work.mean_cosine(path)})
-            work.log(f"  sensitivity: only {group} in INT8 -> mean cosine {rows[-1]['mean_cosine_alone']:.5f}")
-        out[key] = sorted(rows, key=lambda r: r["mean_cosine_alone"])
-    return out
+    return {key: _probe(work, work.plan, key) for key in ("layer", "role")}
+
+
+def _probe(work: _Work, plan: int8_plan.Plan, key: str,
+           known: dict[str, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+    """Quantize one group of ``plan`` at a time (calibration reused) and measure it; worst first."""
+    if known is not None and key in known:
+        return known[key]  # --per-layer-sensitivity already measured the same groups
+    rows = []
+    for group, nodes in plan.groups(key).items():
+        path = work.stage / "probe.onnx"
+        work.quantize_static(path, nodes, progress=False)
+        rows.append({"group": group, "nodes": len(nodes), "mean_cosine_alone": work.mean_cosine(path)})
+        work.log(f"  sensitivity: only {group} in INT8 -> mean cosine {rows[-1]['mean_cosine_alone']:.5f}")
+    return sorted(rows, key=lambda r: r["mean_cosine_alone"])
+
+
+def _search_can_help(work: _Work) -> bool:
+    """Keeping layers float moves the graph towards FP32, whose cosine with itself is 1: no further."""
+    if not work.options.auto_exclude or work.options.max_auto_exclusions < 1:
+        return False
+    if work.options.gate > 1.0:
+        work.log("  auto-exclude skipped: a gate above 1 cannot be reached even with every layer float")
+        return False
+    return True
+
+
+def _attempt(work: _Work, out: Path, plan: int8_plan.Plan) -> dict[str, Any]:
+    """One step of the search: the full graph for ``plan``, validated and gated like the first try."""
+    work.quantize_static(out, plan.quantize, progress=False)
+    _validate(out, plan)
+    return quality.compare(work.held, work.held.embed(quality.open_session(out)), work.options.gate)
 
 
 def _failure(work: _Work, fp32: Path, out: Path, report: dict[str, Any],
-             sensitivity: dict[str, list[dict[str, Any]]] | None) -> str:
+             sensitivity: dict[str, list[dict[str, Any]]] | None, auto: autoexclude.Outcome | None = None) -> str:
     head = (f"INT8 graph misses the quality gate: mean cosine {report['mean_cosine']:.5f} < "
             f"{report['gate_mean_cosine']} (min {report['min_cosine']:.5f}); the artefact is unchanged.")
+    if auto is not None:
+        kept = ", ".join(e["group"] for e in auto.record["excluded"]) or "none"
+        head += (f" First try (all planned layers INT8): mean {auto.record['first_try']['mean_cosine']:.5f}."
+                 f" Automatic exclusion gave up after keeping {len(auto.record['excluded'])} group(s) float "
+                 f"({kept}; --max-auto-exclusions {auto.record['max_exclusions']}).")
+        sensitivity = {t["granularity"]: t["sensitivity"] for t in auto.record["tries"]}
     if sensitivity is not None:
         worst = [f"{r['group']} ({r['mean_cosine_alone']:.5f})"
-                 for key in ("role", "layer") for r in sensitivity[key][:3]]
+                 for key in ("role", "layer") if key in sensitivity for r in sensitivity[key][:3]]
         return f"{head} Most harmful alone: {', '.join(worst)}. Exclude some with --exclude PATTERN."
     try:
         errors = quality.node_errors(fp32, out, work.plan.quantize, work.held.batches[-1])
