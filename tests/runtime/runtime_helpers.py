@@ -6,17 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-# Multilingual, code, emoji, one character, empty: the shapes of text that break tokenizers.
-TEXTS = [
-    "The cat sat on the mat.",
-    "Der schnelle braune Fuchs springt über den faulen Hund. Быстрая лиса. 敏捷的棕色狐狸跳过了懒狗。",
-    "def fibonacci(n: int) -> int:\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)",
-    "Launch day 🚀🔥 — emoji, accents (café, naïve) and CJK: 日本語のテキスト",
-    "a",
-    "",
-    "Retrieval systems embed passages once and compare them with every incoming query. " * 30,  # over-long
-]
+from embedrt_export.parity import BASE_TEXTS as PARITY_TEXTS
 
+# The export's parity set (multilingual, code, emoji, one character, empty) plus an over-long text.
+TEXTS = [*PARITY_TEXTS, "Retrieval systems embed passages once and compare them with every incoming query. " * 30]
 
 
 def torch_reference(model_dir: Path, texts: list[str], max_length: int, pooling: str,

@@ -18,7 +18,7 @@ from .errors import ParityError
 # Minimum cosine against the PyTorch FP32 reference, per graph precision.
 TOLERANCE = {"fp32": 0.99999, "fp16": 0.999}
 
-_BASE_TEXTS = (
+BASE_TEXTS = (
     "The cat sat on the mat.",
     "Der schnelle braune Fuchs springt über den faulen Hund. Быстрая лиса. 敏捷的棕色狐狸跳过了懒狗。",
     "def fibonacci(n: int) -> int:\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)",
@@ -30,7 +30,7 @@ _BASE_TEXTS = (
 
 def parity_texts(query_formatter: Callable[[str], str]) -> list[str]:
     """The fixed parity set: multilingual, code, emoji, a query, one character, empty, over-long."""
-    texts = list(_BASE_TEXTS)
+    texts = list(BASE_TEXTS)
     texts.insert(4, query_formatter("how do vector databases index embeddings?"))
     return texts
 
