@@ -133,6 +133,10 @@ def test_refusals_name_what_to_do(qwen3_artefact: Path, tmp_path: Path) -> None:
         build_engines(artefact, BuildOptions(("int8",), TARGETS, "tensorrt-rtx"), log=lambda _: None)
     with pytest.raises(ExportError, match=r"Hopper SM90 is not among them.*--flavour tensorrt"):
         build_engines(artefact, BuildOptions(("fp16",), ("90",), "tensorrt-rtx"), log=lambda _: None)
+    # CURRENT on an H100: measured to build a plan that cannot load there, so refused before building.
+    with pytest.raises(ExportError, match=r"cannot target sm90.*--flavour tensorrt"):
+        load_flavour("tensorrt-rtx").resolve_targets(None, "90")
+    assert load_flavour("tensorrt-rtx").resolve_targets(None, "89") == ("89",)
     if importlib.util.find_spec("tensorrt") is None:  # datacenter TensorRT: absent in CI
         with pytest.raises(ExportError, match="--flavour tensorrt is not installed"):
             build_engines(artefact, BuildOptions(("fp16",), None, "tensorrt"), log=lambda _: None)

@@ -32,7 +32,8 @@ ENGINE_SCHEMA_VERSION = 1
 # the GPU it runs on.
 FLAVOURS: dict[str, str] = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx_bindings"}
 # Compute capabilities TensorRT-RTX 1.7 builds for ahead of time (its ComputeCapability enum).
-# No 90: Hopper is not a TensorRT-RTX target; datacenter TensorRT covers it.
+# No 90: Hopper is not a TensorRT-RTX target (on an H100, 1.7.1 refuses even a CURRENT plan at load);
+# datacenter TensorRT covers it.
 RTX_TARGETS: tuple[str, ...] = ("75", "80", "86", "89", "120", "121")
 # Preference when the caller asks for precision "auto": FP16 is the accuracy/speed default; INT8
 # trades accuracy for speed, so it is used only when asked for or when it is all there is.

@@ -63,27 +63,33 @@ class DatacenterFlavour(BuilderFlavour):
 class RtxFlavour(BuilderFlavour):
     name = "tensorrt-rtx"
 
+    def targets(self) -> tuple[str, ...]:
+        """Compute capabilities this TensorRT-RTX can build for: its ``ComputeCapability`` enum."""
+        members = getattr(self.trt.ComputeCapability, "__members__", {})
+        found = tuple(name[2:] for name in members if name.startswith("SM") and name[2:].isdigit())
+        return found or RTX_TARGETS
+
     def resolve_targets(self, requested: tuple[str, ...] | None, current_sm: str | None) -> tuple[str, ...]:
+        offered = self.targets()
         if not requested:
             if current_sm is None:
                 raise ExportError("no GPU is visible, so --target CURRENT means nothing here; name the GPUs, "
                                   f"e.g. --target sm89,sm120 (TensorRT-RTX targets: "
-                                  f"{', '.join('sm' + s for s in RTX_TARGETS)})")
+                                  f"{', '.join('sm' + s for s in offered)})")
             requested = (current_sm,)
-        # The current GPU is accepted even if the enum lacks it (SM90): CURRENT lets the builder decide.
-        bad = [sm for sm in requested if sm not in RTX_TARGETS and sm != current_sm]
+        # Only what the enum offers. CURRENT on an unlisted GPU builds a plan that cannot load there:
+        # on an H100 (SM90) TensorRT-RTX 1.7.1 built it, then refused to deserialise it ("Supported
+        # compute capabilities: None"; docs/tensorrt.md), so refuse before spending the build.
+        bad = [sm for sm in requested if sm not in offered]
         if bad:
-            raise ExportError(f"TensorRT-RTX cannot target {', '.join('sm' + s for s in bad)} (it targets "
-                              f"{', '.join('sm' + s for s in RTX_TARGETS)}; Hopper SM90 is not among them); "
-                              "use --flavour tensorrt on that GPU")
+            raise ExportError(f"TensorRT-RTX {self.version} cannot target {', '.join('sm' + s for s in bad)} "
+                              f"(it targets {', '.join('sm' + s for s in offered)}; Hopper SM90 is not among "
+                              "them); use --flavour tensorrt (datacenter TensorRT) on that GPU")
         return tuple(dict.fromkeys(requested))
 
     def configure_target(self, config: Any, sm: str, current_sm: str | None) -> None:
-        capability = getattr(self.trt.ComputeCapability, f"SM{sm}", None)
-        if capability is None:  # only reached for the current GPU (see resolve_targets)
-            capability = self.trt.ComputeCapability.CURRENT
         config.num_compute_capabilities = 1
-        if not config.set_compute_capability(capability, 0):
+        if not config.set_compute_capability(getattr(self.trt.ComputeCapability, f"SM{sm}"), 0):
             raise ExportError(f"TensorRT-RTX {self.version} refused compute capability sm{sm}")
 
 
