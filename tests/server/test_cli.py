@@ -37,6 +37,9 @@ def test_flags_and_environment_map_onto_the_configs(monkeypatch: pytest.MonkeyPa
     assert s.scheduler.max_queued_requests == 7 and s.scheduler.max_wait_us == 150
     assert s.server.host == "0.0.0.0" and s.server.reflection is False
     assert s.server.http_port is None  # --http-port 0 turns HTTP off
+    assert s.backend.cuda_graphs is False
+    assert _settings(["art", "--cuda-graphs", "true"], {}, monkeypatch).backend.cuda_graphs is True
+    assert _settings(["art"], {"EMBEDRT_CUDA_GRAPHS": "true"}, monkeypatch).backend.cuda_graphs is True
     defaults = _settings([], {"EMBEDRT_ARTEFACT": "from-env"}, monkeypatch)
     assert defaults.artefact == "from-env"
     assert (defaults.server.host, defaults.server.grpc_port, defaults.server.http_port) == ("127.0.0.1", 50051, 8080)

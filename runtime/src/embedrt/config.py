@@ -23,6 +23,9 @@ class BackendConfig:
     device_id: int = 0
     intra_op_threads: int = 0  # 0: the backend's default (all cores)
     inter_op_threads: int = 1
+    # TensorRT: capture each input shape into a CUDA graph on first use and replay it afterwards
+    # (TensorRT-RTX's whole-graph capture). Off by default: see docs/tensorrt.md for the measurement.
+    cuda_graphs: bool = False
 
 
 @dataclass(frozen=True)

@@ -285,9 +285,15 @@ class TensorRTBackend(Backend):
 
     def _make_runtime_config(self, engine: Any, record: EngineRecord) -> Any:
         """TensorRT-RTX compiles kernels when a context is created; its runtime cache keeps them."""
-        if not hasattr(engine, "create_runtime_config"):
+        config: Any = engine.create_runtime_config() if hasattr(engine, "create_runtime_config") else None
+        if self.config.cuda_graphs:
+            strategy = getattr(self._trt, "CudaGraphStrategy", None)
+            if strategy is None or not hasattr(config, "cuda_graph_strategy"):
+                raise BackendError(f"cuda_graphs needs TensorRT-RTX's graph capture; {record.key.flavour} "
+                                   f"{record.key.trt_version} does not offer it (turn cuda_graphs off)")
+            config.cuda_graph_strategy = strategy.WHOLE_GRAPH_CAPTURE
+        if config is None:
             return None
-        config = engine.create_runtime_config()
         if not hasattr(config, "create_runtime_cache"):
             return config
         cache = config.create_runtime_cache()

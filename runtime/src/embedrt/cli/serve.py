@@ -81,6 +81,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--device", ("backend.device",), str, "auto | cpu | cuda"),
     Option("--device-id", ("backend.device_id",), int, "GPU index"),
     Option("--intra-op-threads", ("backend.intra_op_threads",), int, "backend CPU threads (0: all cores)"),
+    Option("--cuda-graphs", ("backend.cuda_graphs",), _bool,
+           "TensorRT-RTX: capture each input shape into a CUDA graph and replay it (true/false)"),
     Option("--max-batch-tokens", ("scheduler.max_batch_tokens", "batching.max_batch_tokens"), int,
            "tokens merged into one backend call across requests"),
     Option("--max-batch-size", ("batching.max_batch_size",), int, "rows per backend run"),
