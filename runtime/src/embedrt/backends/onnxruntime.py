@@ -28,6 +28,26 @@ def _ort() -> Any:
     return onnxruntime
 
 
+_preloaded = False
+
+
+def _preload_cuda_libraries(ort: Any) -> None:
+    """Load CUDA / cuDNN from the nvidia-* pip packages (``onnxruntime-gpu[cuda,cudnn]``) once.
+
+    Without it, onnxruntime-gpu finds them only on the system library path (or when torch happened
+    to load them first), and the CUDA provider silently falls back to CPU. Harmless when the
+    libraries come from the system instead.
+    """
+    global _preloaded
+    if _preloaded or not hasattr(ort, "preload_dlls"):
+        return
+    _preloaded = True
+    try:
+        ort.preload_dlls()  # nvidia-* site packages first, then the default library path
+    except Exception:  # best effort: session creation reports what is really missing
+        pass
+
+
 def cuda_available() -> bool:
     """True when the installed onnxruntime (onnxruntime-gpu) offers the CUDA execution provider."""
     return _CUDA in _ort().get_available_providers()
@@ -88,6 +108,7 @@ class OnnxRuntimeBackend(Backend):
         options.log_severity_level = 3  # errors only: shape-change warnings would flood serving logs
         providers: list[Any] = ["CPUExecutionProvider"]
         if device == "cuda":
+            _preload_cuda_libraries(ort)
             providers.insert(0, (_CUDA, {"device_id": self.config.device_id}))
         path = self.artefact / self.manifest.graph(precision).file
         if not path.is_file():
