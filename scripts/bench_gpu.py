@@ -33,7 +33,9 @@ def _batches(vocab: int, points: tuple[tuple[int, int], ...]) -> dict[tuple[int,
 
 
 def _time(fn: Callable[[], Any], iters: int, sync: Callable[[], None] = lambda: None) -> list[float]:
-    for _ in range(max(3, iters // 10)):
+    # 20 warm-ups at least: on an H100 five were not enough for PyTorch's first point (41 ms p50
+    # for 1x32 when it ran first, 21 ms after the other points had run).
+    for _ in range(max(20, iters // 5)):
         fn()
     sync()
     samples = []
@@ -52,19 +54,23 @@ def _row(name: str, point: tuple[int, int], samples: list[float]) -> dict[str, A
             "tokens_per_s": rows * seq / mean}
 
 
-def bench_tensorrt(artefact: Path, precision: str, batches: dict, iters: int) -> tuple[list[dict], dict[str, float]]:
+def bench_tensorrt(artefact: Path, precision: str, batches: dict, iters: int,
+                   cuda_graphs: bool = False) -> tuple[list[dict], dict[str, float]]:
     from embedrt import Embedder
     from embedrt.backends import _cuda
     from embedrt.backends.base import Batch
+    from embedrt.config import BackendConfig
 
     baseline = _cuda.memory_in_use()
     results = []
-    with Embedder.load(artefact, "tensorrt", precision=precision) as embedder:
+    name = f"tensorrt-{precision}" + ("-graphs" if cuda_graphs else "")
+    config = BackendConfig(cuda_graphs=cuda_graphs)
+    with Embedder.load(artefact, "tensorrt", precision=precision, backend_config=config) as embedder:
         backend = embedder._backend
         memory = {"after_load_mib": (_cuda.memory_in_use() - baseline) / 2**20}
         for point, (ids, mask) in batches.items():
             batch = Batch(ids, mask, np.full(point[0], point[1]))
-            results.append(_row(f"tensorrt-{precision}", point, _time(lambda b=batch: backend.run(b), iters)))
+            results.append(_row(name, point, _time(lambda b=batch: backend.run(b), iters)))
         memory["at_largest_point_mib"] = (_cuda.memory_in_use() - baseline) / 2**20
         memory["engine"] = backend.describe().get("engine", "?")  # type: ignore[assignment]
     return results, memory
@@ -91,14 +97,15 @@ def bench_onnxruntime_cuda(artefact: Path, batches: dict, iters: int) -> list[di
     return results
 
 
-def bench_pytorch(model_dir: Path, batches: dict, iters: int) -> list[dict]:
+def bench_pytorch(model_dir: Path, batches: dict, iters: int) -> tuple[list[dict], dict[str, float]]:
     import torch
     from transformers import AutoModel
 
     if not torch.cuda.is_available():
         print("PyTorch: this torch has no CUDA (install a CUDA build of torch); skipped")
-        return []
+        return [], {}
     model = AutoModel.from_pretrained(model_dir, dtype=torch.float16, attn_implementation="sdpa").cuda().eval()
+    weights = torch.cuda.memory_reserved()
     results = []
     with torch.inference_mode():
         for point, (ids, mask) in batches.items():
@@ -109,25 +116,35 @@ def bench_pytorch(model_dir: Path, batches: dict, iters: int) -> list[dict]:
                 return torch.nn.functional.normalize(hidden[:, -1].float(), dim=-1)  # last-token pooling, L2
 
             results.append(_row("pytorch-fp16-sdpa", point, _time(run, iters, torch.cuda.synchronize)))
+    memory = {"after_load_mib": weights / 2**20, "at_largest_point_mib": torch.cuda.max_memory_reserved() / 2**20}
     del model
     torch.cuda.empty_cache()
-    return results
+    return results, memory
 
 
-def _ensure_engines(artefact: Path, precisions: list[str]) -> None:
+def _ensure_engines(artefact: Path, precisions: list[str]) -> list[str]:
+    """Build the engines this GPU lacks; the precisions that can run here (a GPU no installed flavour
+    supports, e.g. SM90 with only TensorRT-RTX, gets none, and the baselines still run)."""
     from embedrt.backends import _cuda
     from embedrt.backends.tensorrt import installed_flavours
     from embedrt.engines import list_engines
+    from embedrt.errors import EmbedrtError
 
     gpu = _cuda.gpu_info(0)
     flavours = installed_flavours()
     have = {(r.key.sm, r.key.precision, r.key.flavour, r.key.trt_version) for r in list_engines(artefact)}
     missing = [p for p in precisions
                if not any((gpu.sm, p, f, m.__version__) in have for f, m in flavours.items())]
-    if missing:
+    if not missing:
+        return precisions
+    try:
         from embedrt_export.trt import BuildOptions, build_engines
 
         build_engines(artefact, BuildOptions(tuple(missing)))
+    except (EmbedrtError, ImportError) as exc:
+        print(f"TensorRT: no engine for {gpu.name} (sm{gpu.sm}): {exc}; TensorRT rows skipped")
+        return [p for p in precisions if p not in missing]
+    return precisions
 
 
 def _targets(results: list[dict], memory: dict[str, dict]) -> list[str]:
@@ -142,12 +159,23 @@ def _targets(results: list[dict], memory: dict[str, dict]) -> list[str]:
     int8 = tps("tensorrt-int8", (32, 512))
     if int8 and fp16:
         lines.append(f"TensorRT INT8 / FP16 at 32x512: {int8 / fp16:.2f}x (target >= 1.3x)")
+    graphs = tps("tensorrt-fp16-graphs", (32, 512))
+    if graphs and fp16:
+        lines.append(f"TensorRT FP16 with / without CUDA graphs at 32x512: {graphs / fp16:.2f}x")
     short = next((r["p50_ms"] for r in results if r["backend"] == "tensorrt-fp16" and r["rows"] == 1), None)
     if short is not None:
         lines.append(f"batch-1 x32 p50 latency, TensorRT FP16: {short:.2f} ms (target < 3 ms on a datacenter GPU)")
+    short_graphs = next((r["p50_ms"] for r in results if r["backend"] == "tensorrt-fp16-graphs" and r["rows"] == 1),
+                        None)
+    if short is not None and short_graphs is not None:
+        lines.append(f"batch-1 x32 p50 latency with CUDA graphs: {short_graphs:.2f} ms")
     if "fp16" in memory:
         lines.append(f"GPU memory held, FP16 engine: {memory['fp16']['after_load_mib']:.0f} MiB after load, "
                      f"{memory['fp16']['at_largest_point_mib']:.0f} MiB at the largest point (target <= 2048 MiB)")
+    if memory.get("pytorch-fp16-sdpa"):
+        torch_memory = memory["pytorch-fp16-sdpa"]
+        lines.append(f"GPU memory reserved by PyTorch FP16: {torch_memory['after_load_mib']:.0f} MiB after load, "
+                     f"{torch_memory['at_largest_point_mib']:.0f} MiB at the largest point")
     return lines
 
 
@@ -157,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, help="the Hugging Face model directory, for the PyTorch baseline")
     parser.add_argument("--points", default=",".join(f"{r}x{s}" for r, s in POINTS), help="ROWSxLENGTH,...")
     parser.add_argument("--iters", type=int, default=50)
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="also run each TensorRT engine with CUDA graph capture (TensorRT-RTX)")
+    parser.add_argument("--precisions", default="fp16,int8", help="engine precisions to run (those the artefact has)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
 
@@ -173,18 +204,22 @@ def main(argv: list[str] | None = None) -> int:
     manifest = load_manifest(args.artefact)
     vocab = int(manifest.pad_token_id) + 1  # ids below the pad id exist in every vocabulary we export
     batches = _batches(max(vocab, 1000), points)  # type: ignore[arg-type]
-    precisions = [p for p in ("fp16", "int8") if p in manifest.graphs]
+    precisions = [p for p in args.precisions.split(",") if p in manifest.graphs]
     print(f"GPU: {gpu.name} (sm{gpu.sm}, {gpu.total_bytes / 2**30:.0f} GiB); points {args.points}; "
           f"engines: {', '.join(precisions)}")
-    _ensure_engines(args.artefact, precisions)
+    precisions = _ensure_engines(args.artefact, precisions)
     results: list[dict] = []
     memory: dict[str, dict] = {}
     for precision in precisions:  # TensorRT first: before torch's caching allocator holds memory
         rows, memory[precision] = bench_tensorrt(args.artefact, precision, batches, args.iters)
         results += rows
+        if args.cuda_graphs:
+            rows, memory[f"{precision}-graphs"] = bench_tensorrt(args.artefact, precision, batches, args.iters, True)
+            results += rows
     results += bench_onnxruntime_cuda(args.artefact, batches, args.iters)
     if args.model:
-        results += bench_pytorch(args.model, batches, args.iters)
+        rows, memory["pytorch-fp16-sdpa"] = bench_pytorch(args.model, batches, args.iters)
+        results += rows
     print(f"{'backend':<26}{'point':>10}{'p50 ms':>10}{'tokens/s':>14}")
     for r in results:
         print(f"{r['backend']:<26}{str(r['rows']) + 'x' + str(r['sequence']):>10}{r['p50_ms']:>10.2f}"

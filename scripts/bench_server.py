@@ -1,6 +1,7 @@
 """Serving throughput and latency: N concurrent clients against a local `embedrt serve`, gRPC and HTTP.
 
-    python scripts/bench_server.py [--artefact DIR] [--clients 64] [--requests 3000] [--no-docs]
+    python scripts/bench_server.py [--artefact DIR] [--backend B] [--precision P] [--device D]
+                                   [--clients 64] [--requests 3000] [--section NAME] [--no-docs]
 
 The server runs as its own process (`embedrt serve`), the clients in this one (asyncio: grpc.aio and
 a plain keep-alive HTTP/1.1 client), all on 127.0.0.1. Each request carries one text from a fixed,
@@ -11,7 +12,8 @@ Modes, one fresh server each:
 Mean batch size and backend time come from the server's own /metrics. Per-request overhead is
 measured with one sequential client and no batching wait: client-observed latency minus the
 backend's time for that request. Without --artefact a tiny random Qwen3 is exported to build/bench/.
-Writes the "Server" section of docs/benchmarks.md.
+--backend / --precision / --device go to both the server and the in-process ceiling run.
+Writes the "server" section of docs/benchmarks.md ("server-gpu" when the backend ran on a GPU).
 """
 
 from __future__ import annotations
@@ -27,17 +29,18 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 from benchdocs import markers, write_section  # scripts/ is on sys.path when run as a script
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
-BEGIN, END = markers("server")
 WORDS = ("vector search engine model token batch query document retrieval latency throughput server "
          "graph tensor kernel memory cache index cosine shard replica queue request embedding").split()
 
@@ -66,24 +69,48 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Load:
+    """How the model is loaded, the same for the server and the in-process ceiling run."""
+
+    backend: str = "auto"
+    precision: str = "auto"
+    device: str = "auto"
+
+    def serve_args(self) -> list[str]:
+        return ["--backend", self.backend, "--precision", self.precision, "--device", self.device]
+
+
 class Server:
     """`embedrt serve` in a subprocess; started on enter, SIGTERM-drained on exit."""
 
-    def __init__(self, artefact: Path, extra: list[str]) -> None:
+    def __init__(self, artefact: Path, extra: list[str], load: Load) -> None:
         self.http_port = free_port()
         self.command = [sys.executable, "-m", "embedrt.cli", "serve", str(artefact), "--grpc-port", "0",
-                        "--http-port", str(self.http_port), "--max-queue", "100000", *extra]
+                        "--http-port", str(self.http_port), "--max-queue", "100000", *load.serve_args(), *extra]
 
     def __enter__(self) -> Server:
         env = {**os.environ, "EMBEDRT_LOG_LEVEL": "WARNING"}
         self.process = subprocess.Popen(self.command, stderr=subprocess.PIPE, text=True, env=env)
         assert self.process.stderr is not None
+        seen: list[str] = []
         for line in self.process.stderr:
             found = re.search(r"gRPC 127\.0\.0\.1:(\d+)", line)
             if found:
                 self.grpc_port = int(found.group(1))
+                # Keep reading: a server whose stderr pipe fills up blocks on its next log line.
+                threading.Thread(target=self._drain, daemon=True).start()
                 return self
-        raise RuntimeError(f"the server did not start: {' '.join(self.command)}")
+            seen.append(line.rstrip())
+        code = self.process.wait(60)
+        tail = "\n".join(f"  | {line}" for line in seen[-40:]) or "  | (nothing on stderr)"
+        raise RuntimeError(f"the server did not start (exit {code}): {' '.join(self.command)}\n"
+                           f"its stderr ended with:\n{tail}")
+
+    def _drain(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            print(f"[server] {line.rstrip()}", file=sys.stderr)
 
     def __exit__(self, *exc: object) -> None:
         self.process.terminate()
@@ -197,11 +224,15 @@ def measure(server: Server, mode: str, transport: str, texts: list[str], clients
                   / max(1.0, delta(f"embedrt_request_duration_seconds_count:{transport}")))
 
 
-def backend_ceiling(artefact: Path, texts: list[str], rounds: int = 15) -> tuple[float, float]:
-    """The backend alone, in this process: ms for 64 single-text calls, and for one call of the same 64."""
-    from embedrt import Embedder
+def backend_ceiling(artefact: Path, texts: list[str], load: Load,
+                    rounds: int = 15) -> tuple[float, float, dict[str, Any]]:
+    """The backend alone, in this process: ms for 64 single-text calls, for one call of the same 64,
+    and what was loaded (``Embedder.info()``)."""
+    from embedrt import BackendConfig, Embedder
 
-    with Embedder.load(artefact) as embedder:
+    config = BackendConfig(device=load.device)
+    with Embedder.load(artefact, load.backend, precision=load.precision, backend_config=config) as embedder:
+        info = embedder.info()
         items = embedder.prepare(texts[:64])
         embedder.infer(items)
         singles, batched = [], []
@@ -213,19 +244,36 @@ def backend_ceiling(artefact: Path, texts: list[str], rounds: int = 15) -> tuple
             started = time.perf_counter()
             embedder.infer(items)
             batched.append(time.perf_counter() - started)
-    return min(singles) * 1000, min(batched) * 1000
+    return min(singles) * 1000, min(batched) * 1000, info
 
 
-def render(results: list[Result], overhead: list[Result], ceiling: tuple[float, float],
-           args: argparse.Namespace) -> str:
+def describe_model(info: dict[str, Any]) -> str:
+    """One phrase naming the model and how it ran, from ``Embedder.info()``."""
+    details = info.get("backend_details", {})
+    where = details.get("gpu") or details.get("device", "?")
+    extra = f", engine {details['engine']}" if "engine" in details else ""
+    return (f"{info['name']} ({info['architecture']}, {info['dimensions']} dims), "
+            f"{info['backend']} {info['precision']} on {where}{extra}")
+
+
+def on_gpu(info: dict[str, Any]) -> bool:
+    details = info.get("backend_details", {})
+    return str(details.get("device", "")).startswith("cuda") or "gpu" in details
+
+
+def render(results: list[Result], overhead: list[Result], ceiling: tuple[float, float, dict[str, Any]],
+           args: argparse.Namespace, section: str) -> str:
     def find(mode: str, transport: str) -> Result:
         return next(r for r in results if r.mode == mode and r.transport == transport)
 
-    lines = [BEGIN, "## Server", "",
+    singles, batched, info = ceiling
+    begin, end = markers(section)
+    gpu = on_gpu(info)
+    lines = [begin, "## Server" + (" (GPU)" if gpu else ""), "",
              f"`python scripts/bench_server.py --clients {args.clients} --requests {args.requests} "
              f"--words {args.words[0]}-{args.words[1]}` on "
              f"{platform.machine()} / {os.cpu_count()} CPUs ({platform.processor() or 'cpu'}), "
-             f"Python {platform.python_version()}; tiny random Qwen3 (hidden 64, 2 layers, FP32, ONNX Runtime CPU); "
+             f"Python {platform.python_version()}; {describe_model(info)}; "
              f"one text of {args.words[0]}-{args.words[1]} words per request; server and clients share the machine.",
              "",
              "| transport | batching | clients | requests/s | p50 ms | p99 ms | mean batch size | speed-up |",
@@ -235,13 +283,12 @@ def render(results: list[Result], overhead: list[Result], ceiling: tuple[float, 
         size = r.texts / r.batches if r.batches else 0.0
         lines.append(f"| {r.transport} | {r.mode} | {r.clients} | {r.throughput:,.0f} | {r.percentile(0.5):.1f} | "
                      f"{r.percentile(0.99):.1f} | {size:.1f} | {r.throughput / base:.1f}× |")
-    singles, batched = ceiling
     best = max(r.throughput / find("batch-of-one", r.transport).throughput for r in results if r.mode == "dynamic")
     verdict = "met" if best >= 5 else "not met"
-    lines += ["", f"Target (dynamic batching ≥ 5× batch-of-one at 64 clients): **{verdict}** in this run "
-              f"(best {best:.1f}×). The ceiling below explains why on a model this small: its backend gains "
-              "little from batching on CPU, and the Python transports on both ends (server and load generator "
-              "on the same cores) cost as much CPU per request as the model does."]
+    lines += ["", f"Target (dynamic batching ≥ 5× batch-of-one at {args.clients} clients): **{verdict}** in this "
+              f"run (best {best:.1f}×)." + ("" if best >= 5 else
+              " The ceiling below shows how much the backend itself gains from batching; the rest is the Python "
+              "transports on both ends (server and load generator share the machine's cores).")]
     lines += ["", f"Backend alone on the same texts (in-process `Embedder.infer`, best of 15): 64 single-text calls "
               f"{singles:.1f} ms, one call of 64 {batched:.1f} ms: {singles / batched:.1f}× is the most batching can "
               "give this model when the transport costs nothing.", "",
@@ -255,7 +302,7 @@ def render(results: list[Result], overhead: list[Result], ceiling: tuple[float, 
         server = r.server_seconds * 1000
         p50 = statistics.median(r.latencies) * 1000
         lines.append(f"| {r.transport} | {p50:.2f} | {backend:.2f} | {server - backend:.2f} | {p50 - backend:.2f} |")
-    lines += ["", END, ""]
+    lines += ["", end, ""]
     return "\n".join(lines)
 
 
@@ -268,28 +315,35 @@ def main() -> int:
     parser.add_argument("--sequential", type=int, default=400, help="requests in the overhead run")
     parser.add_argument("--words", type=word_range, default=(5, 60), metavar="MIN-MAX",
                         help="words per request text (default 5-60; short queries: 2-8)")
+    parser.add_argument("--backend", default="auto", help="auto | onnxruntime | tensorrt (as embedrt serve)")
+    parser.add_argument("--precision", default="auto", help="auto | fp32 | fp16 | int8 (as embedrt serve)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (as embedrt serve)")
+    parser.add_argument("--section", help='docs/benchmarks.md section (default "server", or "server-gpu" on a GPU)')
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     args = parser.parse_args()
     artefact = ensure_artefact(args.artefact)
+    load = Load(args.backend, args.precision, args.device)
     texts = make_texts(args.requests, args.words)
     transports = [t for t in args.transports.split(",") if t]
     modes = {"dynamic": [], "batch-of-one": ["--max-batch-requests", "1"]}
     results: list[Result] = []
     for mode, extra in modes.items():
-        with Server(artefact, extra) as server:
+        with Server(artefact, extra, load) as server:
             for transport in transports:
                 result = measure(server, mode, transport, texts, args.clients)
                 print(f"{transport:5} {mode:13} {result.throughput:8.0f} req/s  p50 {result.percentile(0.5):6.1f} ms"
                       f"  p99 {result.percentile(0.99):6.1f} ms  batches {result.batches:.0f}", file=sys.stderr)
                 results.append(result)
     overhead: list[Result] = []
-    with Server(artefact, ["--max-wait-us", "0"]) as server:
+    with Server(artefact, ["--max-wait-us", "0"], load) as server:
         for transport in transports:
             overhead.append(measure(server, "sequential", transport, texts[: args.sequential], 1))
-    section = render(results, overhead, backend_ceiling(artefact, texts), args)
+    ceiling = backend_ceiling(artefact, texts, load)
+    name = args.section or ("server-gpu" if on_gpu(ceiling[2]) else "server")
+    section = render(results, overhead, ceiling, args, name)
     print(section)
     if not args.no_docs:
-        write_section("server", section)
+        write_section(name, section)
     return 0
 
 
