@@ -16,6 +16,7 @@ import pytest
 
 from embedrt.cli import main
 from embedrt.engines import (
+    CONTEXTS,
     EngineKey,
     Wanted,
     engine_dir,
@@ -40,6 +41,7 @@ from embedrt_export.trt import (  # noqa: E402
     parse_profiles,
     parse_targets,
 )
+from embedrt_export.trt.profiles import with_copies  # noqa: E402
 
 pytestmark = pytest.mark.trt
 TARGETS = ("89", "120")
@@ -75,7 +77,7 @@ def _check_store(artefact: Path, precisions: tuple[str, ...], targets: tuple[str
         assert raw["key"]["name"] == str(record.key)
         graph = manifest.graph(record.key.precision)
         assert (record.onnx_file, record.onnx_sha256) == (graph.file, graph.sha256)
-        assert record.profiles == default_profiles(manifest.max_length)
+        assert record.profiles == with_copies(default_profiles(manifest.max_length), CONTEXTS)
         assert record.parity is None and "ahead of time" in record.build["parity_skipped"]
         assert record.build["timing_cache"] == "not supported by tensorrt-rtx"
         assert len(read_plan(artefact, manifest, record)) == record.plan_bytes > 100_000

@@ -107,6 +107,22 @@ def test_batched_equals_single(built: tuple[Path, Any]) -> None:
         assert np.einsum("ij,ij->i", together, alone).min() >= 0.99999
 
 
+def test_pipelined_micro_batches_equal_one_at_a_time(built: tuple[Path, Any]) -> None:
+    # A small token budget makes many micro-batches; run_many keeps two in flight on two contexts.
+    artefact, _ = built
+    from embedrt.config import BatchingConfig
+
+    texts = [" ".join(["token"] * (1 + (i * 7) % 60)) + f" {i}" for i in range(120)]
+    small = BatchingConfig(max_batch_tokens=256, max_batch_size=8)
+    with Embedder.load(artefact, "tensorrt", precision="fp32", batching=small) as engine:
+        assert len(_backend(engine)._slots) == 2
+        together = engine.embed(texts)
+        alone = np.concatenate([engine.embed([t]) for t in texts[::10]])
+        assert np.einsum("ij,ij->i", together[::10], alone).min() >= 0.99999
+        again = engine.embed(texts)
+        np.testing.assert_allclose(again, together, atol=1e-5)
+
+
 def _backend(embedder: Embedder) -> Any:
     return embedder._backend
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -195,16 +196,46 @@ def test_tensorrt_backend_without_gpu_is_a_clear_backend_error(artefact: Path) -
         TensorRTBackend(artefact, load_manifest(artefact), BackendConfig(device="cpu")).open()
 
 
+class _FakeStream:
+    def __init__(self, slot: _FakeSlot) -> None:
+        self.slot, self.syncs = slot, 0
+
+    def synchronize(self) -> None:  # after this, nothing queued on the slot touches its buffers
+        self.syncs += 1
+        self.slot.queued = False
+
+
 class _FakeSlot:
-    def __init__(self) -> None:
+    """A slot without CUDA: ``submit`` computes, ``collect`` hands it over; both log to ``events``."""
+
+    def __init__(self, name: str = "slot", events: list[tuple[str, ...]] | None = None,
+                 fail_on: int | None = None) -> None:
+        self.name, self.events, self.fail_on = name, events if events is not None else [], fail_on
         self.profile = -1
         self.calls: list[tuple[int, int]] = []
+        self.stream = _FakeStream(self)
+        self.queued = False
+        self.pending: dict[str, np.ndarray] | None = None
 
-    def run(self, profile: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.profile = profile
+    def submit(self, profile: int, inputs: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+        assert not self.queued, "a slot was reused while work queued on it could still touch its buffers"
         ids = inputs["input_ids"]
+        if ids[0, 0] == self.fail_on:
+            raise RuntimeError("cudaErrorIllegalAddress")
+        self.profile = profile
         self.calls.append(ids.shape)
-        return {"sentence_embedding": ids[:, :2].astype(np.float32), "embedding_norm": ids[:, 0].astype(np.float32)}
+        self.events.append(("submit", self.name, str(ids[0, 0])))
+        self.queued = True
+        self.pending = {"sentence_embedding": ids[:, :2].astype(np.float32),
+                        "embedding_norm": ids[:, 0].astype(np.float32)}
+        return {name: value.shape for name, value in self.pending.items()}
+
+    def collect(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+        self.stream.synchronize()
+        out, self.pending = self.pending, None
+        assert out is not None and {n: v.shape for n, v in out.items()} == shapes
+        self.events.append(("collect", self.name, str(out["embedding_norm"][0].astype(int))))
+        return out
 
 
 def test_limits_and_row_splitting_follow_the_profiles(qwen3_artefact: Path) -> None:
@@ -255,3 +286,62 @@ def test_unreadable_plan_is_reported_not_a_crash(artefact: Path) -> None:
     for plan in (b"not a plan at all" * 64, b""):
         with pytest.raises(ArtefactError, match="failed to deserialise"):
             deserialize(trt, record, plan)
+
+
+def _pipelined(profiles: tuple[ProfileShape, ...], slots: list[_FakeSlot],
+               qwen3_artefact: Path) -> tuple[TensorRTBackend, _Pool]:
+    backend = TensorRTBackend(qwen3_artefact, load_manifest(qwen3_artefact), BackendConfig())
+    pool = _Pool(slots, profiles)  # type: ignore[arg-type]
+    backend._profiles, backend._pool = profiles, pool
+    return backend, pool
+
+
+def _batches(starts: list[int], events: list[tuple[str, ...]]) -> Iterator[Batch]:
+    for start in starts:
+        events.append(("pull", str(start)))
+        ids = np.arange(start, start + 2 * 32, dtype=np.int64).reshape(2, 32)
+        yield Batch(ids, np.ones_like(ids), np.full(2, 32))
+
+
+def test_run_many_overlaps_batches_on_two_contexts(qwen3_artefact: Path) -> None:
+    events: list[tuple[str, ...]] = []
+    short = ProfileShape((1, 1), (4, 64), (4, 64))
+    backend, pool = _pipelined((short, short), [_FakeSlot("A", events), _FakeSlot("B", events)], qwen3_artefact)
+    starts = [0, 1000, 2000, 3000]
+    outs = list(backend.run_many(_batches(starts, events)))
+    for start, out in zip(starts, outs, strict=True):  # in order, each its own batch's result
+        assert out["embedding_norm"].tolist() == [start, start + 32]
+    # Batch 1 is pulled (collated) and submitted on the other context before batch 0 is collected.
+    assert events[:6] == [("pull", "0"), ("submit", "A", "0"), ("pull", "1000"), ("submit", "B", "1000"),
+                          ("pull", "2000"), ("collect", "A", "0")]
+    assert sum(e[0] == "collect" for e in events) == 4
+    assert len(pool.free) == 2 and not pool.busy
+
+
+def test_run_many_on_one_profile_waits_for_itself_not_forever(qwen3_artefact: Path) -> None:
+    # Two contexts but one profile: TensorRT forbids running it twice at once, so batches alternate.
+    events: list[tuple[str, ...]] = []
+    profile = ProfileShape((1, 1), (4, 64), (4, 64))
+    backend, pool = _pipelined((profile,), [_FakeSlot("A", events), _FakeSlot("B", events)], qwen3_artefact)
+    outs = list(backend.run_many(_batches([0, 100, 200], events)))
+    assert [o["embedding_norm"][0] for o in outs] == [0, 100, 200]
+    kinds = [e[0] for e in events if e[0] != "pull"]
+    assert kinds == ["submit", "collect"] * 3
+    assert len(pool.free) == 2 and not pool.busy
+
+
+def test_run_many_failure_frees_every_context(qwen3_artefact: Path) -> None:
+    events: list[tuple[str, ...]] = []
+    short = ProfileShape((1, 1), (4, 64), (4, 64))
+    slots = [_FakeSlot("A", events, fail_on=2000), _FakeSlot("B", events, fail_on=2000)]
+    backend, pool = _pipelined((short, short), slots, qwen3_artefact)
+    with pytest.raises(BackendError, match=r"TensorRT failed.*cudaErrorIllegalAddress"):
+        list(backend.run_many(_batches([0, 1000, 2000, 3000], events)))
+    assert len(pool.free) == 2 and not pool.busy
+    assert sum(s.stream.syncs for s in slots) >= 2  # what was queued was waited for before reuse
+    # Stopping early (a caller that breaks out) frees the contexts too.
+    outputs = backend.run_many(_batches([0, 1000, 3000], events))
+    assert next(outputs)["embedding_norm"][0] == 0
+    outputs.close()
+    assert len(pool.free) == 2 and not pool.busy
+    assert backend.run(next(_batches([5000], events)))["embedding_norm"].tolist() == [5000, 5032]

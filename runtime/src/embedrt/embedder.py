@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
@@ -103,11 +103,12 @@ class Embedder:
         norms = np.empty((len(items),), dtype=np.float32)
         if not items:
             return vectors, norms
-        with self._in_flight() as backend:
-            for micro in plan([e.length for e in items], self.batching, self._limits):
-                batch = collate([items[i].ids for i in micro.indices], micro.sequence,
-                                self.manifest.pad_token_id, self.manifest.padding_side)
-                out = backend.run(batch)
+        micros = list(plan([e.length for e in items], self.batching, self._limits))
+        # Collated lazily: a GPU backend pipelines, collating the next batch while one runs.
+        batches = (collate([items[i].ids for i in micro.indices], micro.sequence, self.manifest.pad_token_id,
+                           self.manifest.padding_side) for micro in micros)
+        with self._in_flight() as backend, closing(backend.run_many(batches)) as outputs:  # closing: a
+            for micro, out in zip(micros, outputs, strict=True):  # failure here still frees what is in flight
                 rows = list(micro.indices)
                 vectors[rows] = out["sentence_embedding"]
                 norms[rows] = out["embedding_norm"]

@@ -18,6 +18,7 @@ from typing import Any
 from embedrt.backends.tensorrt import make_logger
 from embedrt.config import BatchingConfig
 from embedrt.engines import (
+    CONTEXTS,
     EngineKey,
     EngineRecord,
     ProfileShape,
@@ -45,7 +46,7 @@ class BuildOptions:
     targets: tuple[str, ...] | None = None  # compute capabilities ("89"); None: the GPU here
     flavour: str | None = None  # None: tensorrt where installed, else tensorrt-rtx
     profiles: str | None = None  # the --profiles spec; None: from the batching buckets
-    contexts: int = 1  # copies of each profile, so that many contexts can run one bucket at once
+    contexts: int = CONTEXTS  # copies of each profile, so that many contexts can run one bucket at once
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     verify: bool = True  # on a GPU, for the plan that targets it
 

@@ -1,8 +1,9 @@
-"""The backend interface: open / close (context manager), accepted shapes, ``run(batch)``."""
+"""The backend interface: open / close (context manager), accepted shapes, ``run(batch)`` / ``run_many``."""
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -74,6 +75,12 @@ class Backend(abc.ABC):
 
         Raises ``BackendError`` on failure; a failure affects this batch only.
         """
+
+    def run_many(self, batches: Iterable[Batch]) -> Generator[dict[str, np.ndarray], None, None]:
+        """``run`` on each batch, outputs in order. ``batches`` is consumed lazily, so a backend that
+        can overlap batches (TensorRT: several contexts) prepares the next while one runs."""
+        for batch in batches:
+            yield self.run(batch)
 
     def describe(self) -> dict[str, str]:
         """Human-readable facts for ``Info`` / logs (device, provider, engine key...)."""

@@ -5,6 +5,7 @@ flavour / version and precision, checks the plan against ``engine.json`` and the
 deserialises it. Several execution contexts ("slots") each own a stream, device buffers sized at
 the profile maxima and pinned host staging, allocated once and reused: a run copies in, sets
 shapes and addresses, enqueues ``execute_async_v3``, copies out and synchronises its own stream.
+``run_many`` pipelines: the next batch is enqueued on another slot before the current one is waited for.
 
 Two runs never use one optimisation profile at the same time (TensorRT's rule for dynamic shapes
 across concurrent contexts), so concurrency comes from different profiles, or from an engine built
@@ -19,6 +20,7 @@ import importlib
 import logging
 import threading
 from collections import deque
+from collections.abc import Generator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ import numpy as np
 
 from ..config import DEFAULT_SEQUENCE_BUCKETS, BackendConfig
 from ..engines import (
+    CONTEXTS,
     FLAVOURS,
     RUNTIME_CACHE_NAME,
     EngineRecord,
@@ -46,7 +49,7 @@ INPUTS = ("input_ids", "attention_mask")
 OUTPUTS = ("sentence_embedding", "embedding_norm")
 # Contexts per engine, at most one per profile (two runs never share a profile). Two let one batch's
 # copies overlap another's compute; each context holds activation memory for the largest profile.
-MAX_CONTEXTS = 2
+MAX_CONTEXTS = CONTEXTS
 
 
 def installed_flavours() -> dict[str, Any]:
@@ -118,7 +121,11 @@ class _Slot:
             self.device[name] = _cuda.DeviceBuffer(elems * dtype.itemsize)
             self.host[name] = _cuda.PinnedBuffer(elems * dtype.itemsize, dtype)
 
-    def run(self, profile: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def submit(self, profile: int, inputs: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+        """Enqueue copies in, the engine and copies out on this slot's stream; return the output shapes.
+
+        Nothing waits here: the caller may submit on another slot before ``collect``-ing this one.
+        """
         ctx, stream = self.context, self.stream
         rows, seq = inputs[INPUTS[0]].shape
         if profile != self.profile:
@@ -144,7 +151,11 @@ class _Slot:
             shapes[name] = shape
             _cuda.copy_to_host(self.host[name], self.device[name], int(np.prod(shape)) * self.io[name].itemsize,
                                stream)
-        stream.synchronize()
+        return shapes
+
+    def collect(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+        """Wait for this slot's stream, then copy the outputs out of pinned memory (the slot is reusable)."""
+        self.stream.synchronize()
         return {name: self.host[name].array[: int(np.prod(shape))].reshape(shape).astype(np.float32, copy=True)
                 for name, shape in shapes.items()}
 
@@ -166,7 +177,8 @@ class _Pool:
         self.busy: set[int] = set()
         self.cond = threading.Condition()
 
-    def acquire(self, rows: int, seq: int) -> tuple[_Slot, int]:
+    def acquire(self, rows: int, seq: int, wait: bool = True) -> tuple[_Slot, int] | None:
+        """A free slot and a free profile covering ``rows x seq``; ``None`` if none is free and not ``wait``."""
         fitting = [i for i, p in enumerate(self.profiles) if p.covers(rows, seq)]
         if not fitting:
             raise BackendError(f"no optimisation profile covers a batch of {rows}x{seq}")
@@ -182,6 +194,8 @@ class _Pool:
                     self.free.remove(slot)
                     self.busy.add(profile)
                     return slot, profile
+                if not wait:
+                    return None
                 self.cond.wait()
 
     def release(self, slot: _Slot, profile: int) -> None:
@@ -189,6 +203,33 @@ class _Pool:
             self.free.append(slot)
             self.busy.discard(profile)
             self.cond.notify_all()
+
+
+class _Job:
+    """One batch of ``run_many``: its parts' inputs, and their outputs once collected."""
+
+    def __init__(self, shape: tuple[int, int], inputs: list[dict[str, np.ndarray]]) -> None:
+        self.shape = shape
+        self.inputs = inputs
+        self.outputs: list[dict[str, np.ndarray] | None] = [None] * len(inputs)
+
+    @property
+    def done(self) -> bool:
+        return all(out is not None for out in self.outputs)
+
+    def merged(self) -> dict[str, np.ndarray]:
+        parts = [out for out in self.outputs if out is not None]
+        if len(parts) == 1:
+            return parts[0]
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+class _Part:
+    """One part of a job, submitted on ``slot`` under ``profile`` and not yet collected."""
+
+    def __init__(self, job: _Job, index: int, slot: _Slot, profile: int) -> None:
+        self.job, self.index, self.slot, self.profile = job, index, slot, profile
+        self.shapes: dict[str, tuple[int, ...]] = {}
 
 
 class TensorRTBackend(Backend):
@@ -339,32 +380,79 @@ class TensorRTBackend(Backend):
         return ShapeLimits(max(p.max[0] for p in self._profiles), max_seq, tuple(buckets))
 
     def run(self, batch: Batch) -> dict[str, np.ndarray]:
+        return next(iter(self.run_many([batch])))
+
+    def run_many(self, batches: Iterable[Batch]) -> Generator[dict[str, np.ndarray], None, None]:
+        """Pipelined: batch i+1 is collated, copied in and enqueued on a second slot while batch i runs.
+
+        At most one batch per free slot is in flight; when no slot (or no profile copy) is free the
+        oldest batch is collected first, so one caller never waits on itself. Outputs come in order.
+        """
         pool = self._pool
         if pool is None:
             raise BackendError("the TensorRT backend is not open; call open() first")
         if self.config.device_id:  # the current device is per host thread; callers run on many threads
             _cuda.set_device(self.config.device_id)
+        inflight: deque[_Part] = deque()
+        jobs: deque[_Job] = deque()
+        try:
+            for batch in batches:
+                job = _Job(batch.shape, self._split(batch))
+                jobs.append(job)
+                for index, inputs in enumerate(job.inputs):
+                    rows, seq = inputs["input_ids"].shape
+                    got = pool.acquire(rows, seq, wait=False)
+                    while got is None and inflight:  # everything usable is ours and busy: finish the oldest
+                        self._collect(inflight.popleft(), pool)
+                        got = pool.acquire(rows, seq, wait=False)
+                    slot, profile = got or pool.acquire(rows, seq)  # type: ignore[misc]  # held by other threads
+                    part = _Part(job, index, slot, profile)
+                    try:
+                        part.shapes = slot.submit(profile, inputs)
+                    except BaseException:
+                        self._abandon(part, pool)
+                        raise
+                    inflight.append(part)
+                while jobs and jobs[0].done:
+                    yield jobs.popleft().merged()
+            while inflight:
+                self._collect(inflight.popleft(), pool)
+            while jobs:
+                yield jobs.popleft().merged()
+        except BackendError:
+            raise
+        except Exception as exc:  # CUDA / TensorRT binding errors
+            raise BackendError(f"TensorRT failed on a batch of shape {jobs[-1].shape if jobs else '?'}: "
+                               f"{exc}") from exc
+        finally:  # an error, or a caller that stopped early: wait for what is queued, free the slots
+            while inflight:
+                self._abandon(inflight.popleft(), pool)
+
+    def _split(self, batch: Batch) -> list[dict[str, np.ndarray]]:
         rows, seq = batch.shape
         cap = max((p.max[0] for p in self._profiles if p.min[1] <= seq <= p.max[1]), default=0)
         if not cap or rows < 1:
             raise InvalidInputError(f"no engine profile accepts sequence length {seq} "
                                     f"(limits: {self.limits().max_sequence} tokens)")
-        parts = []
-        for start in range(0, rows, cap):  # more rows than any profile takes at this length: split
-            inputs = {"input_ids": batch.input_ids[start:start + cap],
-                      "attention_mask": batch.attention_mask[start:start + cap]}
-            slot, profile = pool.acquire(int(inputs["input_ids"].shape[0]), seq)
-            try:
-                parts.append(slot.run(profile, inputs))
-            except BackendError:
-                raise
-            except Exception as exc:  # CUDA / TensorRT binding errors
-                raise BackendError(f"TensorRT failed on a batch of shape {(rows, seq)}: {exc}") from exc
-            finally:
-                pool.release(slot, profile)
-        if len(parts) == 1:
-            return parts[0]
-        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        # More rows than any profile takes at this length: split.
+        return [{"input_ids": batch.input_ids[start:start + cap],
+                 "attention_mask": batch.attention_mask[start:start + cap]} for start in range(0, rows, cap)]
+
+    @staticmethod
+    def _collect(part: _Part, pool: _Pool) -> None:
+        try:
+            part.job.outputs[part.index] = part.slot.collect(part.shapes)
+        finally:
+            pool.release(part.slot, part.profile)
+
+    @staticmethod
+    def _abandon(part: _Part, pool: _Pool) -> None:
+        try:
+            part.slot.stream.synchronize()  # its buffers may still be read or written by queued work
+        except Exception as exc:
+            log.warning("TensorRT stream did not synchronise while abandoning a batch: %s", exc)
+        finally:
+            pool.release(part.slot, part.profile)
 
     def describe(self) -> dict[str, str]:
         facts = {**super().describe(), "device": "cuda"}

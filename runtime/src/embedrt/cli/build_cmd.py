@@ -6,6 +6,7 @@ import argparse
 import importlib
 
 from ..config import BatchingConfig
+from ..engines import CONTEXTS
 from ..manifest import PRECISIONS
 from .export_stage import load_export_stage
 
@@ -57,8 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--max-batch-tokens", type=int, help="token budget per batch the profiles are sized for "
                    f"(default {BatchingConfig().max_batch_tokens})")
     p.add_argument("--max-batch-size", type=int, help=f"rows per batch (default {BatchingConfig().max_batch_size})")
-    p.add_argument("--contexts", type=int, default=1,
-                   help="copies of each profile, so that many execution contexts run one length range at once")
+    p.add_argument("--contexts", type=int, default=CONTEXTS,
+                   help="copies of each profile, so that many execution contexts run one length range at once "
+                   f"(default {CONTEXTS}: the runtime pipelines batches on {CONTEXTS} contexts)")
     p.add_argument("--no-verify", action="store_true", help="skip the GPU parity check (not recommended)")
     p.set_defaults(run=_run_build)
 
