@@ -6,6 +6,7 @@ the held-out set is cut too, keeping enough queries and documents for top-10 ret
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import sys
@@ -352,3 +353,65 @@ def test_retrieval_agreement() -> None:
     assert retrieval_agreement(vecs, vecs, queries, docs) == 1.0
     noisy = vecs + rng.normal(scale=1.0, size=vecs.shape).astype(np.float32)
     assert retrieval_agreement(vecs, noisy, queries, docs) < 1.0
+
+
+def _embed_with(graph: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    out = session.run(["sentence_embedding"], {i.name: feed[i.name] for i in session.get_inputs()})[0]
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def test_int8_fp16_graph_for_tensorrt(int8_artefact: Path, tmp_path: Path) -> None:
+    """What `embedrt build --precision int8` parses: INT8 GEMMs, FP16 around them, FP32 islands kept,
+    Q/DQ adjacent to their MatMuls (no Cast between), and the same quality against FP32."""
+    from embedrt import Embedder
+    from embedrt.batching import collate
+    from embedrt_export import onnx_export
+    from embedrt_export.fp16 import convert_qdq_to_fp16
+
+    before = _load(int8_artefact)
+    fed_before = {name: idx for name, idx in _dq_fed(before).items() if idx}
+    model = convert_qdq_to_fp16(onnx.shape_inference.infer_shapes(before))
+    assert {name: idx for name, idx in _dq_fed(model).items() if idx} == fed_before
+    producers = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    casts = [n for n in model.graph.node if n.op_type == "Cast"]
+    assert not [c for c in casts if getattr(producers.get(c.input[0]), "op_type", "") == "DequantizeLinear"]
+    assert not [c for c in casts if any(u.op_type == "QuantizeLinear" for u in consumers.get(c.output[0], []))]
+    inits = {i.name: i for i in model.graph.initializer}
+    gemm_dq = [producers[x] for n in model.graph.node if n.op_type in ("MatMul", "Gemm") for x in n.input
+               if getattr(producers.get(x), "op_type", "") == "DequantizeLinear"]
+    assert gemm_dq and all(inits[dq.input[1]].data_type == onnx.TensorProto.FLOAT16 for dq in gemm_dq)
+    embedding = max(model.graph.initializer, key=lambda i: int(np.prod(i.dims)))
+    assert embedding.data_type == onnx.TensorProto.FLOAT16  # the token table: half the bytes
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    norms = [n for n in model.graph.node if n.op_type in ("Pow", "ReduceMean", "LayerNormalization")
+             and any(c.endswith(("RMSNorm", "LayerNorm")) for c in _module_classes(n))]
+    assert norms and all(types[n.output[0]] == onnx.TensorProto.FLOAT for n in norms)  # norms stay FP32
+    converted = tmp_path / "model.int8fp16.onnx"
+    onnx_export.save(model, converted)
+    if importlib.util.find_spec("tensorrt_rtx_bindings"):  # installed in CI: the graph must build too
+        from embedrt_export.trt import default_profiles, load_flavour, parse_network
+        from embedrt_export.trt.build import build_plan
+
+        rtx = load_flavour("tensorrt-rtx")
+        net = parse_network(rtx, converted)
+        plan, _ = build_plan(rtx, net, default_profiles(64), "89", None, None, lambda _: None)
+        assert len(plan) > 0
+
+    manifest = load_manifest(int8_artefact)
+    records = load_records(SHIPPED["heldout"])[:48]
+    with Embedder.load(int8_artefact, "onnxruntime", precision="fp32") as embedder:
+        items = embedder.prepare([r.text for r in records])
+    batch = collate([e.ids for e in items], max(e.length for e in items), manifest.pad_token_id,
+                    manifest.padding_side)
+    feed = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+    reference = _embed_with(int8_artefact / manifest.graph("fp32").file, feed)
+    as_quantized = np.sum(_embed_with(int8_artefact / manifest.graph("int8").file, feed) * reference, axis=1)
+    with_fp16 = np.sum(_embed_with(converted, feed) * reference, axis=1)
+    print(f"vs FP32, mean cosine: INT8 {as_quantized.mean():.5f}, INT8 + FP16 {with_fp16.mean():.5f}")
+    assert with_fp16.mean() >= 0.99 and with_fp16.mean() >= as_quantized.mean() - 0.003

@@ -109,8 +109,16 @@ def test_every_graph_parses_with_no_unsupported_node(fixture: str, request: pyte
 def test_int8_qdq_graph_builds(qwen3_artefact: Path, tmp_path: Path) -> None:
     artefact = _copy(qwen3_artefact, tmp_path)
     _add_int8_graph(artefact)
-    build_engines(artefact, BuildOptions(("int8",), TARGETS, "tensorrt-rtx"), log=lambda _: None)
+    records = build_engines(artefact, BuildOptions(("int8",), TARGETS, "tensorrt-rtx"), log=lambda _: None)
     _check_store(artefact, ("int8",), TARGETS)
+    assert {r.build["int8_float"] for r in records} == {"fp16"}  # INT8 + FP16 by default
+    assert not list(artefact.glob(".int8-fp16-*"))  # the converted copy is gone once built
+    # The graph as quantized (FP32 around the INT8 GEMMs) still builds when asked for.
+    as_is = build_engines(artefact, BuildOptions(("int8",), TARGETS[:1], "tensorrt-rtx", int8_float="fp32"),
+                          log=lambda _: None)
+    assert as_is[0].build["int8_float"] == "fp32" and as_is[0].plan_sha256 != records[0].plan_sha256
+    with pytest.raises(ExportError, match="choose fp16 or fp32"):
+        build_engines(artefact, BuildOptions(("int8",), TARGETS, "tensorrt-rtx", int8_float="bf16"))
 
 
 def test_asymmetric_qdq_is_refused_naming_the_node(qwen3_artefact: Path, tmp_path: Path) -> None:

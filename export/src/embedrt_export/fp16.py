@@ -28,6 +28,7 @@ _RESIDUAL_MODULE_SUFFIXES = ("DecoderLayer", "EncoderLayer", "SelfOutput", "Outp
 # Ops without FP16 kernels in common runtimes, or that produce index arithmetic.
 _FP32_OPS = {"Range", "CumSum", "ReduceL2", "ArgMax", "TopK"}
 _FP16_MAX = float(np.finfo(np.float16).max)
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
 def _module_classes(node: onnx.NodeProto) -> list[str]:
@@ -64,10 +65,10 @@ def fp32_island_nodes(model: onnx.ModelProto) -> set[str]:
     return keep
 
 
-def _to_fp16_tensor(tensor: TensorProto) -> TensorProto:
+def _to_fp16_tensor(tensor: TensorProto, name: str | None = None) -> TensorProto:
     array = numpy_helper.to_array(tensor).astype(np.float32)
     clipped = np.clip(array, -_FP16_MAX, _FP16_MAX).astype(np.float16)
-    return numpy_helper.from_array(clipped, tensor.name)
+    return numpy_helper.from_array(clipped, name or tensor.name)
 
 
 def _float_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -79,8 +80,84 @@ def _float_types(model: onnx.ModelProto) -> dict[str, int]:
 
 def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """Convert ``model`` (FP32, shape-inferred) in place to FP16 with FP32 islands; returns it."""
-    graph = model.graph
+    return _convert(model, fp32_island_nodes(model))
+
+
+def convert_qdq_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """An INT8 Q/DQ graph (FP32 elsewhere, shape-inferred) in place to INT8 + FP16: what is float
+    runs in FP16 exactly where ``convert_to_fp16`` puts it, the FP32 islands stay FP32.
+
+    Strongly typed TensorRT takes every non-quantized op's precision from the graph, so without
+    this an INT8 engine runs attention, activations and the embedding table in FP32. Q/DQ nodes
+    carry no module hierarchy; each takes the precision of the float tensor it touches, so no Cast
+    ever sits between a DequantizeLinear and its MatMul (TensorRT fuses the pair into an INT8
+    GEMM only when they are adjacent): a DequantizeLinear runs in FP16 when all its consumers do,
+    a QuantizeLinear in the precision of its input. Scales follow their node (FP16 scales need
+    opset 19); a scale shared by an FP32 Q and an FP16 DQ is duplicated, never cast.
+    """
     island = fp32_island_nodes(model)
+    qdq = {n.name for n in model.graph.node if n.op_type in _QDQ}
+    island -= qdq
+    _split_mixed_dequantize(model, island)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    for node in model.graph.node:  # topological: a Q's producer is decided before the Q
+        if node.op_type == "QuantizeLinear":
+            source = producers.get(node.input[0])
+            if source is None or source.name in island:
+                island.add(node.name)
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear":
+            users = consumers.get(node.output[0], [])
+            if not users or any(u.name in island for u in users):
+                island.add(node.name)
+    return _convert(model, island, split_scales=True)
+
+
+def _split_mixed_dequantize(model: onnx.ModelProto, island: set[str]) -> None:
+    """A DequantizeLinear read by FP16 and FP32 nodes alike (BERT: a LayerNorm output feeds both the
+    Q/K/V MatMuls and the FP32 residual Add) gets an FP16 twin for its FP16 readers, so that a Cast
+    never separates it from a MatMul."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    nodes: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        nodes.append(node)
+        if node.op_type != "DequantizeLinear":
+            continue
+        users = consumers.get(node.output[0], [])
+        half = [u for u in users if u.op_type not in _QDQ and u.name not in island]
+        if not half or len(half) == len(users):
+            continue
+        twin = onnx.NodeProto()
+        twin.CopyFrom(node)
+        twin.name, twin.output[0] = f"{node.name}__fp16", f"{node.output[0]}__fp16"
+        for user in half:
+            for i, name in enumerate(user.input):
+                if name == node.output[0]:
+                    user.input[i] = twin.output[0]
+        nodes.append(twin)
+        _copy_value_info(model, node.output[0], twin.output[0])
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
+def _copy_value_info(model: onnx.ModelProto, source: str, target: str) -> None:
+    for vi in list(model.graph.value_info):
+        if vi.name == source:
+            copy = model.graph.value_info.add()
+            copy.CopyFrom(vi)
+            copy.name = target
+            return
+
+
+def _convert(model: onnx.ModelProto, island: set[str], split_scales: bool = False) -> onnx.ModelProto:
+    graph = model.graph
     types = _float_types(model)
     is_float = {name for name, t in types.items() if t == TensorProto.FLOAT}
 
@@ -98,6 +175,20 @@ def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         if init.data_type == TensorProto.FLOAT and users and all(u.name not in island for u in users):
             init.CopyFrom(_to_fp16_tensor(init))
             home16.add(init.name)
+
+    if split_scales:  # Q/DQ scales: an FP16 copy for FP16 nodes whose scale stayed FP32 (mixed users)
+        inits = {init.name: init for init in graph.initializer}
+        copies: dict[str, str] = {}
+        for node in graph.node:
+            if node.op_type in _QDQ and node.name not in island and node.input[1] not in home16 \
+                    and node.input[1] in inits:
+                scale = node.input[1]
+                if scale not in copies:
+                    copies[scale] = f"{scale}__fp16"
+                    graph.initializer.append(_to_fp16_tensor(inits[scale], copies[scale]))
+                    home16.add(copies[scale])
+                    is_float.add(copies[scale])
+                node.input[1] = copies[scale]
 
     new_nodes: list[onnx.NodeProto] = []
     casts: dict[tuple[str, int], str] = {}

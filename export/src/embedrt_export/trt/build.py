@@ -8,8 +8,10 @@ installed only if it passes; plans built ahead of time for other GPUs are record
 
 from __future__ import annotations
 
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,6 +51,10 @@ class BuildOptions:
     contexts: int = CONTEXTS  # copies of each profile, so that many contexts can run one bucket at once
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     verify: bool = True  # on a GPU, for the plan that targets it
+    # INT8 engines: the dtype of everything the Q/DQ graph leaves unquantized. "fp16" builds from an
+    # INT8 + FP16 copy (fp16.convert_qdq_to_fp16: FP16 where the FP16 graph is, same FP32 islands);
+    # "fp32" from the artefact's Q/DQ graph as it is.
+    int8_float: str = "fp16"
 
 
 @dataclass
@@ -148,8 +154,37 @@ def _checked_graph(artefact: Path, manifest: Manifest, precision: str) -> tuple[
     return path, graph.sha256
 
 
+@contextmanager
+def _graph_to_parse(root: Path, onnx_path: Path, precision: str, options: BuildOptions,
+                    log: Log) -> Iterator[Path]:
+    """The graph TensorRT should parse: the artefact's own, or for INT8 + FP16 a converted copy in
+    a hidden temporary directory of the artefact, removed once that precision's plans are built."""
+    if precision != "int8" or options.int8_float == "fp32":
+        yield onnx_path
+        return
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    from .. import onnx_export
+    from ..fp16 import convert_qdq_to_fp16
+
+    started = time.perf_counter()
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path), load_external_data=False))
+    load_external_data_for_model(model, str(onnx_path.parent))
+    convert_qdq_to_fp16(model)
+    with tempfile.TemporaryDirectory(prefix=".int8-fp16-", dir=root) as tmp:
+        path = Path(tmp) / onnx_path.name
+        onnx_export.save(model, path)
+        del model
+        log(f"INT8 + FP16: unquantized ops to FP16 outside the FP32 islands "
+            f"({time.perf_counter() - started:.1f} s; --int8-float fp32 keeps them FP32)")
+        yield path
+
+
 def build_engines(artefact: str | Path, options: BuildOptions = BuildOptions(), log: Log = print) -> list[EngineRecord]:
     """Build, check and install one engine per (precision, target). Returns the installed records."""
+    if options.int8_float not in ("fp16", "fp32"):
+        raise ExportError(f"--int8-float {options.int8_float!r}: choose fp16 or fp32")
     root = Path(artefact)
     manifest = load_manifest(root)
     flavour = load_flavour(options.flavour)
@@ -164,32 +199,35 @@ def build_engines(artefact: str | Path, options: BuildOptions = BuildOptions(), 
     installed = []
     for precision in options.precisions:
         onnx_path, onnx_sha = graphs[precision]
-        log(f"parsing {onnx_path.name}")
-        net = parse_network(flavour, onnx_path)
-        for sm in targets:
-            key = EngineKey(flavour.name, flavour.version, sm, precision)
-            old_cache = engine_dir(root, key) / TIMING_CACHE_NAME
-            started = time.perf_counter()
-            log(f"building {key}")
-            plan, cache = build_plan(flavour, net, profiles, sm, current_sm,
-                                     old_cache.read_bytes() if old_cache.is_file() else None, log)
-            seconds = round(time.perf_counter() - started, 2)
-            log(f"  plan {len(plan) / 2**20:.1f} MiB in {seconds:.1f} s")
-            build = {
-                "flavour_version": flavour.version, "target": f"sm{sm}", "seconds": seconds,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "profiles_spec": options.profiles or "default", "contexts": options.contexts,
-                "batching": asdict(options.batching), "layers": int(net.network.num_layers),
-                "timing_cache": "kept" if cache is not None else f"not supported by {flavour.name}",
-                "built_on_gpu": f"{gpu.name} (sm{gpu.sm})" if gpu else None,
-            }
-            record = EngineRecord(key, manifest.graph(precision).file, onnx_sha, sha256_bytes(plan), len(plan),
-                                  profiles, build)
-            record = _verified(root, manifest, flavour, record, plan, options, current_sm, log)
-            extra = {TIMING_CACHE_NAME: cache} if cache else None
-            write_engine(root, record, plan, extra)
-            log(f"installed {engine_dir(root, key)}")
-            installed.append(record)
+        with _graph_to_parse(root, onnx_path, precision, options, log) as parse_path:
+            log(f"parsing {parse_path.name}")
+            net = parse_network(flavour, parse_path)
+            for sm in targets:
+                key = EngineKey(flavour.name, flavour.version, sm, precision)
+                old_cache = engine_dir(root, key) / TIMING_CACHE_NAME
+                started = time.perf_counter()
+                log(f"building {key}")
+                plan, cache = build_plan(flavour, net, profiles, sm, current_sm,
+                                         old_cache.read_bytes() if old_cache.is_file() else None, log)
+                seconds = round(time.perf_counter() - started, 2)
+                log(f"  plan {len(plan) / 2**20:.1f} MiB in {seconds:.1f} s")
+                build = {
+                    "flavour_version": flavour.version, "target": f"sm{sm}", "seconds": seconds,
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "profiles_spec": options.profiles or "default", "contexts": options.contexts,
+                    "batching": asdict(options.batching), "layers": int(net.network.num_layers),
+                    "timing_cache": "kept" if cache is not None else f"not supported by {flavour.name}",
+                    "built_on_gpu": f"{gpu.name} (sm{gpu.sm})" if gpu else None,
+                }
+                if precision == "int8":
+                    build["int8_float"] = options.int8_float
+                record = EngineRecord(key, manifest.graph(precision).file, onnx_sha, sha256_bytes(plan), len(plan),
+                                      profiles, build)
+                record = _verified(root, manifest, flavour, record, plan, options, current_sm, log)
+                extra = {TIMING_CACHE_NAME: cache} if cache else None
+                write_engine(root, record, plan, extra)
+                log(f"installed {engine_dir(root, key)}")
+                installed.append(record)
     return installed
 
 

@@ -33,6 +33,7 @@ def _run_build(args: argparse.Namespace) -> int:
         contexts=args.contexts,
         batching=batching,
         verify=not args.no_verify,
+        int8_float=args.int8_float,
     )
     trt.build_engines(args.artefact, options)
     return 0
@@ -61,6 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--contexts", type=int, default=CONTEXTS,
                    help="copies of each profile, so that many execution contexts run one length range at once "
                    f"(default {CONTEXTS}: the runtime pipelines batches on {CONTEXTS} contexts)")
+    p.add_argument("--int8-float", choices=("fp16", "fp32"), default="fp16",
+                   help="INT8 engines: precision of what is not quantized (default fp16: INT8 + FP16, the FP16 "
+                   "graph's FP32 islands kept; fp32: the Q/DQ graph as quantized)")
     p.add_argument("--no-verify", action="store_true", help="skip the GPU parity check (not recommended)")
     p.set_defaults(run=_run_build)
 
