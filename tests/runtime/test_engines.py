@@ -303,12 +303,22 @@ def _batches(starts: list[int], events: list[tuple[str, ...]]) -> Iterator[Batch
         yield Batch(ids, np.ones_like(ids), np.full(2, 32))
 
 
+def _all_within(backend: TensorRTBackend, batches: Iterator[Batch], seconds: float = 10) -> list[dict[str, np.ndarray]]:
+    """run_many's outputs, failing (not hanging) if it deadlocks on a context or profile it holds."""
+    outs: list[dict[str, np.ndarray]] = []
+    worker = threading.Thread(target=lambda: outs.extend(backend.run_many(batches)), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), "run_many waited on a context or profile it held itself"
+    return outs
+
+
 def test_run_many_overlaps_batches_on_two_contexts(qwen3_artefact: Path) -> None:
     events: list[tuple[str, ...]] = []
     short = ProfileShape((1, 1), (4, 64), (4, 64))
     backend, pool = _pipelined((short, short), [_FakeSlot("A", events), _FakeSlot("B", events)], qwen3_artefact)
     starts = [0, 1000, 2000, 3000]
-    outs = list(backend.run_many(_batches(starts, events)))
+    outs = _all_within(backend, _batches(starts, events))
     for start, out in zip(starts, outs, strict=True):  # in order, each its own batch's result
         assert out["embedding_norm"].tolist() == [start, start + 32]
     # Batch 1 is pulled (collated) and submitted on the other context before batch 0 is collected.
@@ -323,7 +333,7 @@ def test_run_many_on_one_profile_waits_for_itself_not_forever(qwen3_artefact: Pa
     events: list[tuple[str, ...]] = []
     profile = ProfileShape((1, 1), (4, 64), (4, 64))
     backend, pool = _pipelined((profile,), [_FakeSlot("A", events), _FakeSlot("B", events)], qwen3_artefact)
-    outs = list(backend.run_many(_batches([0, 100, 200], events)))
+    outs = _all_within(backend, _batches([0, 100, 200], events))
     assert [o["embedding_norm"][0] for o in outs] == [0, 100, 200]
     kinds = [e[0] for e in events if e[0] != "pull"]
     assert kinds == ["submit", "collect"] * 3
