@@ -31,6 +31,15 @@ _FP16_MAX = float(np.finfo(np.float16).max)
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes that read it."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
 def _module_classes(node: onnx.NodeProto) -> list[str]:
     """The nn.Module classes enclosing a node, outermost first (short names)."""
     for prop in node.metadata_props:
@@ -100,10 +109,7 @@ def convert_qdq_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     island -= qdq
     _split_mixed_dequantize(model, island)
     producers = {out: node for node in model.graph.node for out in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = _consumers(model.graph)
     for node in model.graph.node:  # topological: a Q's producer is decided before the Q
         if node.op_type == "QuantizeLinear":
             source = producers.get(node.input[0])
@@ -121,10 +127,7 @@ def _split_mixed_dequantize(model: onnx.ModelProto, island: set[str]) -> None:
     """A DequantizeLinear read by FP16 and FP32 nodes alike (BERT: a LayerNorm output feeds both the
     Q/K/V MatMuls and the FP32 residual Add) gets an FP16 twin for its FP16 readers, so that a Cast
     never separates it from a MatMul."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = _consumers(model.graph)
     nodes: list[onnx.NodeProto] = []
     for node in model.graph.node:
         nodes.append(node)
@@ -166,10 +169,7 @@ def _convert(model: onnx.ModelProto, island: set[str], split_scales: bool = Fals
     for node in graph.node:
         if node.name not in island:
             home16.update(o for o in node.output if o in is_float)
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = _consumers(graph)
     for init in graph.initializer:
         users = consumers.get(init.name, [])
         if init.data_type == TensorProto.FLOAT and users and all(u.name not in island for u in users):

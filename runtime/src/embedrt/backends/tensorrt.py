@@ -380,7 +380,7 @@ class TensorRTBackend(Backend):
         return ShapeLimits(max(p.max[0] for p in self._profiles), max_seq, tuple(buckets))
 
     def run(self, batch: Batch) -> dict[str, np.ndarray]:
-        return next(iter(self.run_many([batch])))
+        return next(self.run_many([batch]))
 
     def run_many(self, batches: Iterable[Batch]) -> Generator[dict[str, np.ndarray], None, None]:
         """Pipelined: batch i+1 is collated, copied in and enqueued on a second slot while batch i runs.
