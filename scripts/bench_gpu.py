@@ -1,13 +1,16 @@
-"""GPU benchmark: the TensorRT backend (FP16, INT8) against PyTorch FP16 + SDPA and ONNX Runtime CUDA.
+"""GPU benchmark: ONNX Runtime CUDA (fused / eager graphs, CUDA graphs, flash on / off) and the TensorRT
+backend (FP16, INT8) against PyTorch FP16 + SDPA.
 
     python scripts/make_random_qwen3.py /tmp/q06/model --shape 0.6b
     embedrt export /tmp/q06/model --out /tmp/q06/art --max-length 512
     python scripts/bench_gpu.py --model /tmp/q06/model --artefact /tmp/q06/art --out build/bench/gpu.json
 
 Same GPU, same process, same random token batches at each (rows x length) point. Reports tokens/s
-and p50 latency per backend, GPU memory held by the TensorRT runtime after load and at the largest
-point, and the issue's targets (FP16 engine >= 2x PyTorch FP16 at 32x512; INT8 >= 1.3x FP16;
-batch-1 short query < 3 ms; <= 2 GB held for a 0.6B FP16 engine). Builds the engines it needs for
+and p50 latency per backend, GPU memory after load and at the largest point, the Memcpy nodes of the
+CUDA-partitioned FP16 graph, and the targets: fused ORT CUDA FP16 >= 1.5x PyTorch FP16 at 32x512 (aim
+2x), 1x32 p50 < 3 ms with CUDA graphs, <= 2 GB for the 0.6B FP16 model; FP16 engine >= 2x PyTorch
+FP16 at 32x512, INT8 >= 1.3x FP16. Whether flash attention fired shows as the fused / fused-noflash
+ratio (ORT_DISABLE_FLASH_ATTENTION=1 in the second). Builds the engines it needs for
 this GPU first. Without an NVIDIA GPU it stops at once with exit status 2, saying why.
 """
 
@@ -76,25 +79,83 @@ def bench_tensorrt(artefact: Path, precision: str, batches: dict, iters: int,
     return results, memory
 
 
-def bench_onnxruntime_cuda(artefact: Path, batches: dict, iters: int) -> list[dict]:
+# ONNX Runtime CUDA variants: (name suffix, BackendConfig overrides, environment).
+ORT_VARIANTS = (
+    ("fused", {}, {}),
+    ("fused-graphs", {"cuda_graphs": True}, {}),
+    ("fused-noflash", {}, {"ORT_DISABLE_FLASH_ATTENTION": "1"}),
+    ("eager", {"attention": "eager"}, {}),
+)
+
+
+def bench_onnxruntime_cuda(artefact: Path, batches: dict, iters: int,
+                           variants: tuple = ORT_VARIANTS) -> tuple[list[dict], dict[str, dict]]:
+    """Each variant in a fresh session: tokens/s and p50 per point, GPU memory after load and at the
+    largest point (device-wide, as nvidia-smi counts it), and what the session ran."""
+    import os
+
     import onnxruntime
 
+    from embedrt.backends import _cuda
     from embedrt.backends.base import Batch
     from embedrt.backends.onnxruntime import OnnxRuntimeBackend
     from embedrt.config import BackendConfig
+    from embedrt.errors import EmbedrtError
     from embedrt.manifest import load_manifest
 
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         print("ONNX Runtime CUDA: not installed (pip install onnxruntime-gpu); skipped")
-        return []
+        return [], {}
     manifest = load_manifest(artefact)
     precision = "fp16" if "fp16" in manifest.graphs else "fp32"
-    results = []
-    with OnnxRuntimeBackend(artefact, manifest, BackendConfig(precision=precision, device="cuda")) as backend:
-        for point, (ids, mask) in batches.items():
-            batch = Batch(ids, mask, np.full(point[0], point[1]))
-            results.append(_row(f"onnxruntime-cuda-{precision}", point, _time(lambda b=batch: backend.run(b), iters)))
-    return results
+    results, memory = [], {}
+    for suffix, overrides, env in variants:
+        name = f"onnxruntime-cuda-{precision}-{suffix}"
+        if manifest.graphs[precision].attention != "fused" and suffix.startswith("fused"):
+            continue
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)  # read by ORT's attention kernels when the session is created
+        baseline = _cuda.memory_in_use()
+        try:
+            config = BackendConfig(precision=precision, device="cuda", **overrides)
+            with OnnxRuntimeBackend(artefact, manifest, config) as backend:
+                used = {"after_load_mib": (_cuda.memory_in_use() - baseline) / 2**20}
+                for point, (ids, mask) in batches.items():
+                    batch = Batch(ids, mask, np.full(point[0], point[1]))
+                    results.append(_row(name, point, _time(lambda b=batch: backend.run(b), iters)))
+                used["at_largest_point_mib"] = (_cuda.memory_in_use() - baseline) / 2**20
+                used["describe"] = backend.describe()  # type: ignore[assignment]
+                memory[name] = used
+        except EmbedrtError as exc:
+            print(f"{name}: {exc}; skipped")
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+    return results, memory
+
+
+def memcpy_nodes(artefact: Path, graph_file: str, work: Path) -> list[str]:
+    """Memcpy nodes in the CUDA-partitioned graph (ONNX Runtime saves it on request)."""
+    import onnx
+    import onnxruntime as ort
+
+    from embedrt.backends.onnxruntime import _preload_cuda_libraries
+
+    _preload_cuda_libraries(ort)
+    work.mkdir(parents=True, exist_ok=True)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(work / "partitioned.onnx")
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "partitioned.data")
+    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    ort.InferenceSession(str(artefact / graph_file), options, providers=["CUDAExecutionProvider"])
+    model = onnx.load(str(work / "partitioned.onnx"), load_external_data=False)
+    copies = [n.name for n in model.graph.node if n.op_type.startswith("Memcpy")]
+    (work / "partitioned.onnx").unlink()
+    (work / "partitioned.data").unlink(missing_ok=True)
+    return copies
 
 
 def bench_pytorch(model_dir: Path, batches: dict, iters: int) -> tuple[list[dict], dict[str, float]]:
@@ -172,6 +233,28 @@ def _targets(results: list[dict], memory: dict[str, dict]) -> list[str]:
     if "fp16" in memory:
         lines.append(f"GPU memory held, FP16 engine: {memory['fp16']['after_load_mib']:.0f} MiB after load, "
                      f"{memory['fp16']['at_largest_point_mib']:.0f} MiB at the largest point (target <= 2048 MiB)")
+    ort_fused, ort_eager = tps("onnxruntime-cuda-fp16-fused", (32, 512)), tps("onnxruntime-cuda-fp16-eager", (32, 512))
+    if ort_fused and torch16:
+        lines.append(f"ORT CUDA fused FP16 / PyTorch FP16 at 32x512: {ort_fused / torch16:.2f}x (target >= 1.5x, "
+                     "aim 2x)")
+    if ort_fused and ort_eager:
+        lines.append(f"ORT CUDA fused / eager FP16 at 32x512: {ort_fused / ort_eager:.2f}x")
+    noflash = tps("onnxruntime-cuda-fp16-fused-noflash", (32, 512))
+    if ort_fused and noflash:
+        lines.append(f"ORT CUDA fused FP16 with / without flash attention at 32x512: {ort_fused / noflash:.2f}x "
+                     "(> 1: the flash kernel fired)")
+    for backend in ("onnxruntime-cuda-fp16-fused-graphs", "onnxruntime-cuda-fp16-fused", "onnxruntime-cuda-fp16-eager"):
+        p50 = next((r["p50_ms"] for r in results if r["backend"] == backend and (r["rows"], r["sequence"]) == (1, 32)),
+                   None)
+        if p50 is not None:
+            lines.append(f"1x32 p50, {backend}: {p50:.2f} ms (target < 3 ms with CUDA graphs)")
+    for backend in ("onnxruntime-cuda-fp16-fused", "onnxruntime-cuda-fp16-fused-graphs"):
+        if backend in memory:
+            lines.append(f"GPU memory, {backend}: {memory[backend]['after_load_mib']:.0f} MiB after load, "
+                         f"{memory[backend]['at_largest_point_mib']:.0f} MiB at the largest point (target <= 2048 MiB)")
+    if "placement" in memory:
+        lines.append(f"Memcpy nodes in the CUDA-partitioned {memory['placement']['graph']}: "
+                     f"{memory['placement'].get('memcpy_nodes', memory['placement'].get('error'))} (target: none)")
     if memory.get("pytorch-fp16-sdpa"):
         torch_memory = memory["pytorch-fp16-sdpa"]
         lines.append(f"GPU memory reserved by PyTorch FP16: {torch_memory['after_load_mib']:.0f} MiB after load, "
@@ -189,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run each TensorRT engine with CUDA graph capture (TensorRT-RTX)")
     parser.add_argument("--precisions", default="fp16,int8", help="engine precisions to run (those the artefact has)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--skip-ort", action="store_true", help="skip the ONNX Runtime CUDA variants")
+    parser.add_argument("--work", type=Path, default=Path("build/bench-gpu-work"), help="scratch directory")
     args = parser.parse_args(argv)
 
     from embedrt.backends import _cuda
@@ -216,7 +301,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.cuda_graphs:
             rows, memory[f"{precision}-graphs"] = bench_tensorrt(args.artefact, precision, batches, args.iters, True)
             results += rows
-    results += bench_onnxruntime_cuda(args.artefact, batches, args.iters)
+    if not args.skip_ort:
+        rows, ort_memory = bench_onnxruntime_cuda(args.artefact, batches, args.iters)
+        results += rows
+        memory.update(ort_memory)
+        fp16 = manifest.graphs.get("fp16")
+        if fp16 is not None and rows:
+            try:
+                memory["placement"] = {"graph": fp16.file,  # type: ignore[dict-item]
+                                       "memcpy_nodes": memcpy_nodes(args.artefact, fp16.file, args.work)}
+            except Exception as exc:  # report, never lose the timings above
+                memory["placement"] = {"graph": fp16.file, "error": str(exc)[:500]}  # type: ignore[dict-item]
     if args.model:
         rows, memory["pytorch-fp16-sdpa"] = bench_pytorch(args.model, batches, args.iters)
         results += rows

@@ -10,9 +10,15 @@
 #
 # Steps, each logged to OUT/<step>.log and continuing past failures (the summary says which failed):
 #   gpu       nvidia-smi: name, driver, compute capability, memory
-#   pytest    pytest -m gpu tests/gpu (TensorRT build + parity, pipelining, CUDA buffers, ORT CUDA)
-#   export    a 0.6B-shaped random Qwen3 (28 layers; 4 with --quick), exported at max length 512
-#   bench_gpu scripts/bench_gpu.py: engines FP16 (and INT8 if quantized) vs PyTorch FP16 vs ORT CUDA
+#   pytest    pytest -m gpu tests/gpu (TensorRT build + parity, pipelining, CUDA buffers, ORT CUDA: fused
+#             vs eager, no Memcpy nodes, CUDA graphs replay equal results)
+#   export    a 0.6B-shaped random Qwen3 (28 layers; 4 with --quick), exported at max length 512: the fused
+#             graph (default) and its eager twin, FP32 + FP16, each parity-gated
+#   bench_gpu scripts/bench_gpu.py: ORT CUDA fused FP16 (+ CUDA graphs, - flash) vs eager FP16 vs PyTorch
+#             FP16 + SDPA at 1x32, 8x128, 32x512, 64x512; engines FP16 (and INT8 if quantized) where a
+#             TensorRT flavour runs on this GPU; GPU memory; Memcpy placement check
+# Time on an H100 (16 cores) before the fused graph: export 148 s, bench_gpu ~3 min; the fused export
+# traces twice (budget ~5 min). With little device time left, run --quick first.
 #   server    scripts/bench_server.py against the GPU backend (dynamic batching vs batch-of-one)
 # OUT defaults to build/gpu-checks. Nothing in docs/ is changed; copy figures there by hand, with the GPU's name.
 set -u

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import onnx
+import pytest
 from onnx import TensorProto
 
 from embedrt_export.fp16 import _module_classes
@@ -19,7 +20,8 @@ def _types(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def test_fp16_graph_precision_plan(qwen3_artefact: Path) -> None:
-    model = onnx.load(str(qwen3_artefact / "model.fp16.onnx"))
+    """The full plan (the eager graph's; the fused graph's lean plan: tests/export/test_fused.py)."""
+    model = onnx.load(str(qwen3_artefact / "model.fp16.eager.onnx"))
     types = _types(model)
     matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
     assert matmuls and all(types[i] == TensorProto.FLOAT16 for n in matmuls for i in n.input)
@@ -36,15 +38,16 @@ def test_fp16_graph_precision_plan(qwen3_artefact: Path) -> None:
     assert {o.type.tensor_type.elem_type for o in model.graph.output} == {TensorProto.FLOAT}
 
 
-def test_casts_only_at_region_boundaries(qwen3_artefact: Path) -> None:
+@pytest.mark.parametrize("form", ["", ".eager"])
+def test_casts_only_at_region_boundaries(qwen3_artefact: Path, form: str) -> None:
     """No tensor is cast to FP16 and straight back (the flaw of ONNX Runtime's converter)."""
-    model = onnx.load(str(qwen3_artefact / "model.fp16.onnx"))
+    model = onnx.load(str(qwen3_artefact / f"model.fp16{form}.onnx"))
     producers = {o: n for n in model.graph.node for o in n.output}
     for node in model.graph.node:
         if node.op_type == "Cast":
             source = producers.get(node.input[0])
             assert source is None or source.op_type != "Cast", node.name
-    fp32 = onnx.load(str(qwen3_artefact / "model.fp32.onnx"))
+    fp32 = onnx.load(str(qwen3_artefact / f"model.fp32{form}.onnx"))
     fp32_bytes = sum(len(t.raw_data) for t in fp32.graph.initializer)
     fp16_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
     assert fp16_bytes < 0.6 * fp32_bytes

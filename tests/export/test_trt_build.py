@@ -198,3 +198,47 @@ def test_cli_builds_and_the_runtime_selects(qwen3_artefact: Path, tmp_path: Path
     assert "embedrt quantize" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["build", str(artefact), "--precision", "bf16"])
+
+
+def test_fused_graph_builds_with_fused_attention(qwen3_artefact: Path, tmp_path: Path) -> None:
+    """The default (fused) graph parses into TensorRT attention layers; FP16 gets its dedicated kernel,
+    FP32 (no dedicated kernel) is built with the attention layers marked decomposable."""
+    from embedrt_export.trt.build import attention_layers
+
+    artefact = _copy(qwen3_artefact, tmp_path)
+    manifest = load_manifest(artefact)
+    flavour = load_flavour("tensorrt-rtx")
+    assert len(attention_layers(flavour, parse_network(flavour, artefact / "model.fp16.onnx").network)) == 2
+    for graph in manifest.eager_graphs.values():  # the eager twins parse too, with no attention layer
+        net = parse_network(flavour, artefact / graph.file)
+        assert net.parser.num_errors == 0 and attention_layers(flavour, net.network) == []
+    records = {r.key.precision: r for r in build_engines(
+        artefact, BuildOptions(("fp32", "fp16"), TARGETS[:1], "tensorrt-rtx"), log=lambda _: None)}
+    assert records["fp16"].build["attention"] == "fused" and "attention_decomposed" not in records["fp16"].build
+    assert records["fp32"].build["attention"] == "fused" and records["fp32"].build["attention_decomposed"] is True
+    eager = build_engines(artefact, BuildOptions(("fp16",), TARGETS[:1], "tensorrt-rtx", attention="eager"),
+                          log=lambda _: None)[0]
+    assert eager.onnx_file == "model.fp16.eager.onnx" and eager.build["attention"] == "eager"
+    assert len(read_plan(artefact, manifest, eager)) == eager.plan_bytes  # the twin's engine counts as current
+
+
+def test_flavour_without_fused_ops_falls_back_to_eager(qwen3_artefact: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from embedrt_export.trt import build as build_module
+
+    real = build_module.parse_network
+
+    def old_parser(flavour, path):  # stands in for a TensorRT without opset-23 Attention
+        if ".eager." not in path.name:
+            raise ExportError(f"{flavour.name} cannot parse {path.name}:\n  node attn (Attention): no importer")
+        return real(flavour, path)
+
+    monkeypatch.setattr(build_module, "parse_network", old_parser)
+    artefact = _copy(qwen3_artefact, tmp_path)
+    lines: list[str] = []
+    record = build_engines(artefact, BuildOptions(("fp16",), TARGETS[:1], "tensorrt-rtx"), log=lines.append)[0]
+    assert record.onnx_file == "model.fp16.eager.onnx" and "no importer" in record.build["fallback"]
+    assert any("building from its eager twin instead" in line for line in lines)
+    with pytest.raises(ExportError, match="no importer"):
+        build_engines(artefact, BuildOptions(("fp16",), TARGETS[:1], "tensorrt-rtx", attention="fused"),
+                      log=lambda _: None)

@@ -6,21 +6,23 @@ import gc
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from embedrt.manifest import GraphFile, Manifest, TensorSpec
 
-from . import onnx_export, parity
+from . import fused, onnx_export, parity
 from .artefact import checksums, staging_dir
 from .errors import ExportError
 from .source import content_hash, resolve_model_dir
 from .spec import ModelSpec, detect_spec
 
 DTYPES = ("fp32", "fp16")
+ATTENTION = ("auto", "fused", "eager", "both")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,9 @@ class ExportOptions:
     with_hidden_states: bool = False
     revision: str | None = None
     overwrite: bool = False
+    # auto: the fused graph as default plus its eager twin where the family is covered, else eager;
+    # fused / eager: that graph alone; both: as auto, but fail where fused is not available.
+    attention: str = "auto"
 
 
 def _versions() -> dict[str, str]:
@@ -111,12 +116,23 @@ def _ort_runner(path: Path) -> Callable[[parity.Encoded], np.ndarray]:
     return run
 
 
+def _forms(spec: ModelSpec, attention: str) -> tuple[str, ...]:
+    """Which graphs to export, the default one first: ("fused", "eager"), ("fused",) or ("eager",)."""
+    if attention not in ATTENTION:
+        raise ExportError(f"--attention must be one of {', '.join(ATTENTION)} (got {attention!r})")
+    if spec.fused_ops is None:
+        if attention in ("fused", "both"):
+            raise ExportError(f"the fused graph is not available for {spec.model_type} models yet; "
+                              "use --attention eager (or auto)")
+        return ("eager",)
+    return {"auto": ("fused", "eager"), "both": ("fused", "eager"), "fused": ("fused",),
+            "eager": ("eager",)}[attention]
+
+
 def export_model(
     model: str | Path, out: str | Path, options: ExportOptions = ExportOptions(), log: Callable[[str], None] = print
 ) -> Manifest:
     """Export ``model`` (local directory or hub id) to the artefact directory ``out``."""
-    import torch
-
     model = str(model)
     bad = [d for d in options.dtypes if d not in DTYPES]
     if bad or not options.dtypes:
@@ -124,8 +140,9 @@ def export_model(
     started = time.perf_counter()
     model_dir, revision = resolve_model_dir(model, options.revision)
     spec = detect_spec(model_dir, options.max_length)
+    forms = _forms(spec, options.attention)
     log(f"model: {model_dir} ({spec.architecture}, hidden {spec.hidden_size}, pooling {spec.pooling}, "
-        f"max length {spec.max_length})")
+        f"max length {spec.max_length}); graphs: {' + '.join(forms)} attention")
     ref = _Reference(model_dir, spec)
     texts = parity.parity_texts(lambda t: spec.prompts.format_query(t))
     texts.append(parity.long_text(ref.count_tokens, spec.max_length))
@@ -133,71 +150,134 @@ def export_model(
     ref.check_runtime_tokenizer(model_dir, texts)
     log(f"reference: PyTorch FP32 on {len(texts)} parity texts")
     reference = ref.embed_alone(texts)
-
-    from .wrapper import EmbeddingGraph
-
-    log(f"exporting with torch.onnx (dynamo, opset {options.opset})")
-    graph = EmbeddingGraph(ref.model, spec.pooling, spec.normalize, options.with_hidden_states).eval()
-    with torch.no_grad():
-        fp32_proto = onnx_export.export_graph(graph, int(ref.model.config.vocab_size), options.opset,
-                                             options.with_hidden_states)
-    del graph
-    ref.model = None
-    gc.collect()
+    gate = _Gate(texts, reference, ref.tokenize, long_index, log)
 
     with staging_dir(Path(out), options.overwrite) as stage:
-        graphs, files = _write_graphs(stage, fp32_proto, options.dtypes, log)
-        del fp32_proto
-        for precision, graph_file in list(graphs.items()):
-            log(f"parity: {precision} ONNX vs PyTorch FP32")
-            report = parity.measure(texts, reference, ref.tokenize, _ort_runner(stage / graph_file.file),
-                                    precision, long_index, spec.padding_sides)
-            log(f"  min cosine {report['min_cosine']:.7f} (threshold {report['threshold_min_cosine']}), "
-                f"mean {report['mean_cosine']:.7f}")
-            parity.check(report)
-            graphs[precision] = GraphFile(**{**graph_file.__dict__, "parity": report})
+        written: dict[str, dict[str, GraphFile]] = {}
+        for form in forms:
+            main = None if form == forms[0] else written[forms[0]]
+            written[form] = _export_form(stage, ref, spec, options, form, gate, main, log)
+        ref.model = None
+        gc.collect()
+        if "fp32" not in options.dtypes:  # FP32 was only the source of the FP16 conversion
+            for form_graphs in written.values():
+                fp32 = form_graphs.pop("fp32")
+                (stage / fp32.file).unlink()
+                own = stage / f"{fp32.file}.data"
+                own.unlink(missing_ok=True)
+        graphs = written[forms[0]]
+        twins = written.get("eager", {}) if forms[0] != "eager" else {}
+        names = sorted({n for g in [*graphs.values(), *twins.values()] for n in (g.file, *g.external_data)})
+        files = checksums(stage, names)
+        graphs = {k: replace(g, sha256=files[g.file]) for k, g in graphs.items()}
+        twins = {k: replace(g, sha256=files[g.file]) for k, g in twins.items()}
         for name in spec.tokenizer_files:
             shutil.copy2(model_dir / name, stage / name)
         files.update(checksums(stage, list(spec.tokenizer_files)))
-        manifest = _manifest(spec, options, model, model_dir, revision, graphs, files, started)
+        manifest = _manifest(spec, options, model, model_dir, revision, graphs, files, started, forms)
+        manifest = replace(manifest, eager_graphs=twins)
         (stage / "manifest.json").write_text(manifest.to_json(), encoding="utf-8")
     log(f"wrote {Path(out)} in {time.perf_counter() - started:.1f} s")
     return manifest
 
 
-def _write_graphs(stage: Path, fp32_proto, dtypes: tuple[str, ...], log) -> tuple[dict[str, GraphFile], dict[str, str]]:
+@dataclass(frozen=True)
+class _Gate:
+    """The parity gate of one export: fixed texts, their PyTorch references, the reference tokenizer."""
+
+    texts: list[str]
+    reference: np.ndarray
+    tokenize: parity.Tokenize
+    long_index: int
+    log: Callable[[str], None]
+
+    def measure(self, path: Path, precision: str, sides: Sequence[str]) -> dict[str, Any]:
+        report = parity.measure(self.texts, self.reference, self.tokenize, _ort_runner(path), precision,
+                                self.long_index, sides)
+        self.log(f"parity: {precision} {path.name} vs PyTorch FP32: min cosine {report['min_cosine']:.7f} (threshold "
+                 f"{report['threshold_min_cosine']}), mean {report['mean_cosine']:.7f}")
+        return report
+
+
+def _trace(ref: _Reference, spec: ModelSpec, options: ExportOptions, form: str, log: Callable[[str], None]):
+    import torch
+
+    from .wrapper import EmbeddingGraph
+
+    opset = fused.OPSET if form == "fused" else options.opset
+    # SDPA is what the exporter's fusions recognise as attention; eager exports plain MatMul / Softmax.
+    ref.model.set_attn_implementation("sdpa" if form == "fused" else "eager")
+    log(f"exporting the {form} graph with torch.onnx (dynamo, opset {opset})")
+    graph = EmbeddingGraph(ref.model, spec.pooling, spec.normalize, options.with_hidden_states).eval()
+    with torch.no_grad():
+        proto = onnx_export.export_graph(graph, int(ref.model.config.vocab_size), opset, options.with_hidden_states)
+    ref.model.set_attn_implementation("eager")
+    if form == "fused":
+        assert spec.fused_ops is not None
+        before = len(proto.graph.node)
+        fused.fuse(proto, spec.fused_ops, spec.causal)
+        counts = ", ".join(f"{n} {op}" for op, n in fused.op_counts(proto).items())
+        log(f"  fused: {before} -> {len(proto.graph.node)} nodes ({counts})")
+    return proto
+
+
+def _export_form(stage: Path, ref: _Reference, spec: ModelSpec, options: ExportOptions, form: str, gate: _Gate,
+                 main: dict[str, GraphFile] | None, log: Callable[[str], None]) -> dict[str, GraphFile]:
+    """Trace one form (fused / eager), write its FP32 and FP16 graphs and gate each; ``main``: the
+    default form's graphs, whose weights this one shares."""
     import onnx
 
     from .fp16 import convert_to_fp16
 
+    suffix = "" if main is None else f".{form}"
+    fused_form = form == "fused"
+    sides = ("right",) if fused_form and spec.causal else spec.padding_sides
+    extra: dict[str, Any] = {"attention": form, "padding_side": "right" if fused_form and spec.causal else None}
+    proto = _trace(ref, spec, options, form, log)
+    if fused_form:
+        extra["ops"] = fused.op_counts(proto)
     graphs: dict[str, GraphFile] = {}
-    files: dict[str, str] = {}
-    fp32_path = stage / "model.fp32.onnx"
-    side = onnx_export.save(fp32_proto, fp32_path)
-    names = [fp32_path.name, *side]
-    sums = checksums(stage, names)
-    if "fp32" in dtypes:
-        graphs["fp32"] = GraphFile(file=fp32_path.name, precision="fp32", sha256=sums[fp32_path.name],
-                                   external_data=side)
-        files.update(sums)
-    if "fp16" in dtypes:
-        log("converting to FP16 (FP32 islands: norms, residual stream, rotary, softmax, pooling)")
-        proto = onnx.load(str(fp32_path), load_external_data=True)
-        fp16_path = stage / "model.fp16.onnx"
-        side16 = onnx_export.save(convert_to_fp16(proto), fp16_path)
+    fp32_path = stage / f"model.fp32{suffix}.onnx"
+    side = onnx_export.save(proto, fp32_path, share_with=stage / main["fp32"].file if main else None)
+    del proto
+    gc.collect()
+    report = gate.measure(fp32_path, "fp32", sides)
+    parity.check(report)
+    graphs["fp32"] = GraphFile(file=fp32_path.name, precision="fp32", sha256="", external_data=side,
+                               parity=report, **extra)
+    if "fp16" not in options.dtypes:
+        return graphs
+    fp16_path = stage / f"model.fp16{suffix}.onnx"
+    # The fused graph tries the lean FP16 plan first (norms and residual stream in FP16; ONNX Runtime's
+    # RMSNormalization accumulates in FP32) and falls back to the full FP32 islands if the gate says so.
+    plans = ("lean", "full") if fused_form else ("full",)
+    for i, plan in enumerate(plans):
+        log(f"converting to FP16 ({plan} FP32 islands: {ISLANDS[plan]})")
+        proto = convert_to_fp16(onnx.load(str(fp32_path), load_external_data=True), plan)
+        for stale in (fp16_path, fp16_path.with_name(f"{fp16_path.name}.data")):
+            stale.unlink(missing_ok=True)
+        side16 = onnx_export.save(proto, fp16_path, share_with=stage / main["fp16"].file if main else None)
         del proto
-        sums16 = checksums(stage, [fp16_path.name, *side16])
-        graphs["fp16"] = GraphFile(file=fp16_path.name, precision="fp16", sha256=sums16[fp16_path.name],
-                                   external_data=side16)
-        files.update(sums16)
-    if "fp32" not in dtypes:
-        for name in names:
-            (stage / name).unlink()
-    return graphs, files
+        gc.collect()
+        report = gate.measure(fp16_path, "fp16", sides)
+        if report["passed"] or i == len(plans) - 1:
+            break
+        log(f"  the {plan} FP16 plan misses the gate; keeping more in FP32")
+    parity.check(report)
+    report = {**report, "fp32_islands": plan}
+    graphs["fp16"] = GraphFile(file=fp16_path.name, precision="fp16", sha256="", external_data=side16,
+                               parity=report, **extra)
+    return graphs
+
+
+ISLANDS = {
+    "lean": "rotary angles, pooling",
+    "full": "norms, residual stream, rotary, softmax, pooling",
+}
 
 
 def _manifest(spec: ModelSpec, options: ExportOptions, model: str, model_dir: Path, revision: str | None,
-              graphs: dict[str, GraphFile], files: dict[str, str], started: float) -> Manifest:
+              graphs: dict[str, GraphFile], files: dict[str, str], started: float, forms: tuple[str, ...]) -> Manifest:
     outputs = [TensorSpec("sentence_embedding", "float32", ("batch", spec.hidden_size)),
                TensorSpec("embedding_norm", "float32", ("batch",))]
     if options.with_hidden_states:
@@ -223,7 +303,9 @@ def _manifest(spec: ModelSpec, options: ExportOptions, model: str, model_dir: Pa
         source={"model": model, "revision": revision, "content_sha256": content_hash(model_dir),
                 "architecture": spec.architecture},
         export={"exporter": "torch.onnx.export(dynamo=True)", "opset": options.opset,
-                "attn_implementation": "eager", "causal": spec.causal, "versions": _versions(),
+                "attn_implementation": "eager", "attention": list(forms),
+                **({"fused_opset": fused.OPSET} if "fused" in forms else {}),
+                "causal": spec.causal, "versions": _versions(),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "seconds": round(time.perf_counter() - started, 1)},
         files=files,

@@ -26,7 +26,13 @@ _FP32_MODULE_SUFFIXES = ("RMSNorm", "LayerNorm", "RotaryEmbedding", "Pooler")
 # Layer classes whose own Add nodes are the residual sums (Qwen3DecoderLayer, BertSelfOutput, ...).
 _RESIDUAL_MODULE_SUFFIXES = ("DecoderLayer", "EncoderLayer", "SelfOutput", "Output", "Layer")
 # Ops without FP16 kernels in common runtimes, or that produce index arithmetic.
-_FP32_OPS = {"Range", "CumSum", "ReduceL2", "ArgMax", "TopK"}
+# Cos / Sin take the rotary angles (position x frequency), which FP16 cannot hold past a few thousand.
+_FP32_OPS = {"Range", "CumSum", "ReduceL2", "ArgMax", "TopK", "Cos", "Sin"}
+# The lean plan (fused graphs only, chosen when the parity gate passes with it) keeps only what
+# cannot be FP16 at all: rotary angles and the pooling tail. Norms run in FP16 there because the
+# fused RMSNormalization accumulates in FP32 (stash_type=1); the residual stream is FP16.
+PLANS = ("full", "lean")
+_LEAN_MODULE_SUFFIXES = ("RotaryEmbedding", "Pooler")
 _FP16_MAX = float(np.finfo(np.float16).max)
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 
@@ -53,15 +59,21 @@ def _module_classes(node: onnx.NodeProto) -> list[str]:
     return []
 
 
-def fp32_island_nodes(model: onnx.ModelProto) -> set[str]:
-    """Names of the nodes that must stay FP32 (see the module docstring)."""
+def fp32_island_nodes(model: onnx.ModelProto, plan: str = "full") -> set[str]:
+    """Names of the nodes that must stay FP32 (see the module docstring) under ``plan``."""
+    if plan not in PLANS:
+        raise ValueError(f"unknown FP16 plan {plan!r} (known: {', '.join(PLANS)})")
     producers = {out: node for node in model.graph.node for out in node.output}
     keep: set[str] = set()
+    lean = plan == "lean"
     for node in model.graph.node:
         classes = _module_classes(node)
         inner = classes[-1] if classes else ""
         if len(classes) <= 1 or node.op_type in _FP32_OPS:
             keep.add(node.name)  # the export wrapper: pooling and normalisation tail
+        elif lean:
+            if any(c.endswith(_LEAN_MODULE_SUFFIXES) for c in classes):
+                keep.add(node.name)
         elif any(c.endswith(_FP32_MODULE_SUFFIXES) for c in classes):
             keep.add(node.name)
         elif node.op_type == "Softmax":
@@ -87,12 +99,12 @@ def _float_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+def convert_to_fp16(model: onnx.ModelProto, plan: str = "full") -> onnx.ModelProto:
     """Convert ``model`` (FP32, shape-inferred) in place to FP16 with FP32 islands; returns it."""
-    return _convert(model, fp32_island_nodes(model))
+    return _convert(model, fp32_island_nodes(model, plan))
 
 
-def convert_qdq_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+def convert_qdq_to_fp16(model: onnx.ModelProto, plan: str = "full") -> onnx.ModelProto:
     """An INT8 Q/DQ graph (FP32 elsewhere, shape-inferred) in place to INT8 + FP16: what is float
     runs in FP16 exactly where ``convert_to_fp16`` puts it, the FP32 islands stay FP32.
 
@@ -104,7 +116,7 @@ def convert_qdq_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     a QuantizeLinear in the precision of its input. Scales follow their node (FP16 scales need
     opset 19); a scale shared by an FP32 Q and an FP16 DQ is duplicated, never cast.
     """
-    island = fp32_island_nodes(model)
+    island = fp32_island_nodes(model, plan)
     qdq = {n.name for n in model.graph.node if n.op_type in _QDQ}
     island -= qdq
     _split_mixed_dequantize(model, island)

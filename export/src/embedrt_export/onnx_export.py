@@ -84,16 +84,82 @@ def _name_dynamic_axes(model: onnx.ModelProto) -> None:
                 dim.dim_param = names[axis]
 
 
-def save(model: onnx.ModelProto, path: Path) -> tuple[str, ...]:
-    """Save a graph with its weights in ``<file>.data`` beside it; returns the side files.
+def save(model: onnx.ModelProto, path: Path, share_with: Path | None = None) -> tuple[str, ...]:
+    """Save a graph with its weights in ``<file>.data`` beside it; returns the side files it reads.
 
     Always external, not only past protobuf's 2 GB limit: ONNX Runtime memory-maps external weights
     (a 0.6B-width model's resident memory after load: 0.37x its weights, against about 1.75x with the
     weights inside the .onnx), and every artefact then has the same layout.
+
+    ``share_with``: another graph of the same artefact (saved already, in the same directory) whose
+    external weights this one may reference instead of storing them again: a tensor whose dtype,
+    shape and bytes equal one of that graph's is pointed at its file and offset. The fused and eager
+    graphs of one precision hold the same weights, so the second costs only its own few tensors.
     """
     location = path.name + ".data"
+    if share_with is not None:
+        _reference_shared(model, share_with)
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=location, size_threshold=1024)
-    (path.parent / location).chmod(0o644)  # onnx creates it private; artefacts are shared read-only
+    if (path.parent / location).exists():
+        (path.parent / location).chmod(0o644)  # onnx creates it private; artefacts are shared read-only
     onnx.checker.check_model(str(path))
-    return (location,)
+    return external_files(path)
+
+
+def external_files(path: Path) -> tuple[str, ...]:
+    """The external-data files a saved graph reads, its own first."""
+    model = onnx.load(str(path), load_external_data=False)
+    own = path.name + ".data"
+    found: list[str] = []
+    for tensor in _tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            where = next(e.value for e in tensor.external_data if e.key == "location")
+            if where not in found:
+                found.append(where)
+    return tuple(sorted(found, key=lambda name: name != own))
+
+
+def _tensors(model: onnx.ModelProto):
+    from onnx.external_data_helper import _get_all_tensors
+
+    return _get_all_tensors(model)
+
+
+def _reference_shared(model: onnx.ModelProto, donor_path: Path) -> int:
+    """Point ``model``'s large tensors at identical ones in ``donor_path``'s external data; returns
+    how many were shared. Tensors are matched by dtype, shape and content, never by name (two traces
+    name their constants differently)."""
+    import hashlib
+
+    import numpy as np
+
+    donor = onnx.load(str(donor_path), load_external_data=False)
+    index: dict[tuple[int, tuple[int, ...], bytes], list[tuple[str, str]]] = {}
+    maps: dict[str, np.memmap] = {}
+    for tensor in donor.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        where = info["location"]
+        if where not in maps:
+            maps[where] = np.memmap(donor_path.parent / where, dtype=np.uint8, mode="r")
+        start = int(info.get("offset", 0))
+        data = maps[where][start : start + int(info["length"])]
+        key = (tensor.data_type, tuple(tensor.dims), hashlib.sha256(data).digest())
+        index[key] = list(info.items())
+    shared = 0
+    for tensor in model.graph.initializer:
+        if not tensor.HasField("raw_data") or len(tensor.raw_data) < 1024:
+            continue
+        entries = index.get((tensor.data_type, tuple(tensor.dims), hashlib.sha256(tensor.raw_data).digest()))
+        if entries is None:
+            continue
+        tensor.ClearField("raw_data")
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        del tensor.external_data[:]
+        for key, value in entries:
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        shared += 1
+    return shared

@@ -31,10 +31,19 @@ class FamilyDefaults:
     # Padding sides that leave results unchanged. Absolute position embeddings (BERT family) shift
     # under left padding, in the reference model too, so only right padding is valid there.
     padding_sides: tuple[str, ...] = ("right",)
+    # The fused opset-23 graph (fused.py): how many of each fused op one layer holds, and how many sit
+    # outside the layers. None: the family is exported with eager attention only.
+    fused_per_layer: tuple[tuple[str, int], ...] | None = None
+    fused_extra: tuple[tuple[str, int], ...] = ()
 
+
+# Qwen3 decoder layer: Attention; rotary on Q and K; RMSNorm before attention, on Q, on K, before
+# the MLP. Outside the layers: the final norm.
+_QWEN3_FUSED = (("Attention", 1), ("RotaryEmbedding", 2), ("RMSNormalization", 4))
 
 _FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {
-    "qwen3": FamilyDefaults("last_token", True, 32, 8192, QWEN3_QUERY_TEMPLATE, QWEN3_DEFAULT_TASK, ("left", "right")),
+    "qwen3": FamilyDefaults("last_token", True, 32, 8192, QWEN3_QUERY_TEMPLATE, QWEN3_DEFAULT_TASK, ("left", "right"),
+                            _QWEN3_FUSED, (("RMSNormalization", 1),)),
     "bert": FamilyDefaults("mean", False, None, 512),
     "xlm-roberta": FamilyDefaults("cls", False, None, 512),
     "roberta": FamilyDefaults("mean", False, None, 512),
@@ -58,6 +67,8 @@ class ModelSpec:
     matryoshka: tuple[int, int] | None
     tokenizer_files: tuple[str, ...]
     padding_sides: tuple[str, ...]
+    layers: int = 0
+    fused_ops: dict[str, int] | None = None  # op counts the fused graph must hold; None: not covered
 
 
 def _read_json(path: Path) -> dict[str, Any] | list[Any] | None:
@@ -146,7 +157,17 @@ def detect_spec(model_dir: Path, max_length: int | None = None) -> ModelSpec:
         matryoshka=(family.matryoshka_min, hidden) if family.matryoshka_min else None,
         tokenizer_files=tokenizer_files,
         padding_sides=family.padding_sides,
+        layers=int(config.get("num_hidden_layers", 0)),
+        fused_ops=_fused_ops(family, int(config.get("num_hidden_layers", 0))),
     )
+
+
+def _fused_ops(family: FamilyDefaults, layers: int) -> dict[str, int] | None:
+    if family.fused_per_layer is None:
+        return None
+    from .fused import expected_ops
+
+    return expected_ops(dict(family.fused_per_layer), dict(family.fused_extra), layers)
 
 
 def _token_id(model_dir: Path, token: str) -> int | None:

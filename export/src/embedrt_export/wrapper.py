@@ -15,8 +15,11 @@ def _pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tenso
     if pooling == "last_token":
         # Last position where the mask is 1: correct under left and right padding alike. The pad id
         # equals the appended end-of-text id, so the token is never located by id.
-        positions = torch.arange(1, mask.shape[1] + 1, device=mask.device, dtype=mask.dtype)
-        last = (mask * positions.unsqueeze(0)).argmax(dim=1)
+        # ArgMax runs on float: ONNX Runtime's CUDA ArgMax has no int64 kernel, and an int64 ArgMax
+        # would sit on the CPU behind Memcpy nodes (which also rule out CUDA graphs). Positions are
+        # exact in float32 up to 2^24.
+        positions = torch.arange(1, mask.shape[1] + 1, device=mask.device, dtype=torch.float32)
+        last = (mask.to(torch.float32) * positions.unsqueeze(0)).argmax(dim=1)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     if pooling == "mean":
         weights = mask.unsqueeze(-1).to(hidden.dtype)

@@ -23,9 +23,16 @@ class BackendConfig:
     device_id: int = 0
     intra_op_threads: int = 0  # 0: the backend's default (all cores)
     inter_op_threads: int = 1
-    # TensorRT: capture each input shape into a CUDA graph on first use and replay it afterwards
-    # (TensorRT-RTX's whole-graph capture). Off by default: see docs/tensorrt.md for the measurement.
+    # Capture each input shape into a CUDA graph on first use and replay it afterwards: TensorRT-RTX's
+    # whole-graph capture, or ONNX Runtime CUDA's enable_cuda_graph for short shapes (ort_cuda.py).
+    # Off by default until a GPU measurement shows the gain (docs/tensorrt.md, docs/benchmarks.md).
     cuda_graphs: bool = False
+    # ONNX Runtime CUDA: capture only shapes of at most this many padded tokens (rows x sequence),
+    # where kernel launches dominate; longer batches run uncaptured.
+    cuda_graph_max_tokens: int = 4096
+    # Which form of the graph to run: "auto" (the artefact's default: fused attention where exported),
+    # "fused", or "eager" (the twin with plain MatMul / Softmax attention, where the artefact has one).
+    attention: str = "auto"
 
 
 @dataclass(frozen=True)

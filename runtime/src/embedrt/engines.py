@@ -216,12 +216,15 @@ def select_engine(artefact: Path, manifest: Manifest, wanted: Wanted) -> EngineR
 def check_record(artefact: Path, manifest: Manifest, record: EngineRecord) -> None:
     """The engine must come from the ONNX graph the manifest names now, not an older export."""
     graph = manifest.graph(record.key.precision)
-    if graph.sha256 != record.onnx_sha256 or graph.file != record.onnx_file:
-        raise ArtefactError(
-            f"engine {record.key} was built from another {record.onnx_file} (sha256 {record.onnx_sha256[:12]}) "
-            f"than the artefact's current one ({graph.sha256[:12]}); rebuild it with "
-            f"`{build_command(artefact, record.key.precision, record.key.sm, record.key.flavour)}`"
-        )
+    # A flavour that cannot parse the fused graph builds from its eager twin: either is current.
+    twin = manifest.eager_graphs.get(record.key.precision)
+    if any(g.sha256 == record.onnx_sha256 and g.file == record.onnx_file for g in (graph, twin) if g is not None):
+        return
+    raise ArtefactError(
+        f"engine {record.key} was built from another {record.onnx_file} (sha256 {record.onnx_sha256[:12]}) "
+        f"than the artefact's current one ({graph.sha256[:12]}); rebuild it with "
+        f"`{build_command(artefact, record.key.precision, record.key.sm, record.key.flavour)}`"
+    )
 
 
 def read_plan(artefact: Path, manifest: Manifest, record: EngineRecord) -> bytes:

@@ -67,6 +67,13 @@ class GraphFile:
     external_data: tuple[str, ...] = ()
     parity: dict[str, Any] = field(default_factory=dict)
     quantization: dict[str, Any] = field(default_factory=dict)
+    # "fused": opset-23 Attention / RMSNormalization / RotaryEmbedding (docs/export.md); "eager": the
+    # exporter's plain MatMul / Softmax attention. Manifests written before the fused graph: "eager".
+    attention: str = "eager"
+    # The only padding side the graph is exact for, or None for either. A causal graph whose attention
+    # takes no mask (is_causal alone) is exact only when pads sit after the real tokens.
+    padding_side: str | None = None
+    ops: dict[str, int] = field(default_factory=dict)  # counts of the fused ops the export asserted
 
 
 @dataclass(frozen=True)
@@ -89,20 +96,37 @@ class Manifest:
     source: dict[str, Any]
     export: dict[str, Any]
     files: dict[str, str]  # relative path -> sha256, every file of the artefact but this one
+    # Precision -> the eager-attention twin of ``graphs[precision]`` where that one is fused: for a
+    # backend that cannot take the fused ops, and for users who ask for it (attention="eager").
+    eager_graphs: dict[str, GraphFile] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property
     def dimensions_range(self) -> tuple[int, int]:
         return self.matryoshka if self.matryoshka else (self.hidden_size, self.hidden_size)
 
-    def graph(self, precision: str) -> GraphFile:
+    def graph(self, precision: str, attention: str = "auto") -> GraphFile:
+        """The graph of ``precision``; ``attention`` "auto" takes the default one (fused where exported),
+        "eager" or "fused" insist on that form."""
         if precision not in self.graphs:
             have = ", ".join(sorted(self.graphs)) or "none"
             hint = (
                 "embedrt quantize ARTEFACT" if precision == "int8" else f"embedrt export MODEL --dtype {precision}"
             )
             raise ArtefactError(f"this artefact has no {precision} graph (it has: {have}); make one with `{hint}`")
-        return self.graphs[precision]
+        if attention not in ("auto", "fused", "eager"):
+            raise ArtefactError(f"attention must be auto, fused or eager (got {attention!r})")
+        chosen = self.graphs[precision]
+        if attention in ("auto", chosen.attention):
+            return chosen
+        twin = self.eager_graphs.get(precision)
+        if attention == "eager" and twin is not None:
+            return twin
+        raise ArtefactError(
+            f"this artefact's {precision} graph has {chosen.attention} attention and no {attention} twin; "
+            f"re-export with `embedrt export MODEL --attention {attention}`"
+            + (" (or `--attention both`)" if attention == "eager" else "")
+        )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
@@ -137,10 +161,8 @@ class Manifest:
                 matryoshka=(int(mrange[0]), int(mrange[1])) if mrange else None,
                 inputs=tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in data["inputs"]),
                 outputs=tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in data["outputs"]),
-                graphs={
-                    k: GraphFile(**{**g, "external_data": tuple(g.get("external_data", ()))})
-                    for k, g in data["graphs"].items()
-                },
+                graphs={k: _graph_file(g) for k, g in data["graphs"].items()},
+                eager_graphs={k: _graph_file(g) for k, g in data.get("eager_graphs", {}).items()},
                 tokenizer_files=tuple(data["tokenizer_files"]),
                 source=dict(data["source"]),
                 export=dict(data["export"]),
@@ -148,6 +170,10 @@ class Manifest:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtefactError(f"manifest is malformed ({exc!r}); re-export the model") from exc
+
+
+def _graph_file(data: dict[str, Any]) -> GraphFile:
+    return GraphFile(**{**data, "external_data": tuple(data.get("external_data", ()))})
 
 
 def load_manifest(artefact: str | Path) -> Manifest:

@@ -29,7 +29,7 @@ from embedrt.engines import (
     write_engine,
 )
 from embedrt.errors import BackendError
-from embedrt.manifest import Manifest, load_manifest
+from embedrt.manifest import GraphFile, Manifest, load_manifest
 
 from ..errors import ExportError
 from ..source import file_sha256
@@ -55,6 +55,9 @@ class BuildOptions:
     # INT8 + FP16 copy (fp16.convert_qdq_to_fp16: FP16 where the FP16 graph is, same FP32 islands);
     # "fp32" from the artefact's Q/DQ graph as it is.
     int8_float: str = "fp16"
+    # auto: the artefact's default graph (fused where exported), its eager twin where the installed
+    # flavour cannot parse the fused one; fused / eager: that graph or fail.
+    attention: str = "auto"
 
 
 @dataclass
@@ -144,8 +147,16 @@ def _profiles(manifest: Manifest, options: BuildOptions) -> tuple[ProfileShape, 
     return with_copies(base, options.contexts)
 
 
-def _checked_graph(artefact: Path, manifest: Manifest, precision: str) -> tuple[Path, str]:
-    graph = manifest.graph(precision)  # ArtefactError naming the command that makes a missing graph
+def _candidates(manifest: Manifest, precision: str, attention: str) -> list[GraphFile]:
+    """The graphs to try for ``precision``, in order: the chosen one, then (auto) its eager twin."""
+    if attention not in ("auto", "fused", "eager"):
+        raise ExportError(f"--attention {attention!r}: choose auto, fused or eager")
+    graph = manifest.graph(precision, attention)  # ArtefactError naming the command that makes a missing graph
+    twin = manifest.eager_graphs.get(precision)
+    return [graph, twin] if attention == "auto" and graph.attention == "fused" and twin is not None else [graph]
+
+
+def _checked_graph(artefact: Path, graph: GraphFile) -> tuple[Path, str]:
     path = artefact / graph.file
     if not path.is_file():
         raise ExportError(f"{path} is missing; the artefact is incomplete, re-export the model")
@@ -156,7 +167,7 @@ def _checked_graph(artefact: Path, manifest: Manifest, precision: str) -> tuple[
 
 @contextmanager
 def _graph_to_parse(root: Path, onnx_path: Path, precision: str, options: BuildOptions,
-                    log: Log) -> Iterator[Path]:
+                    log: Log, plan: str = "full") -> Iterator[Path]:
     """The graph TensorRT should parse: the artefact's own, or for INT8 + FP16 a converted copy in
     a hidden temporary directory of the artefact, removed once that precision's plans are built."""
     if precision != "int8" or options.int8_float == "fp32":
@@ -171,7 +182,7 @@ def _graph_to_parse(root: Path, onnx_path: Path, precision: str, options: BuildO
     started = time.perf_counter()
     model = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path), load_external_data=False))
     load_external_data_for_model(model, str(onnx_path.parent))
-    convert_qdq_to_fp16(model)
+    convert_qdq_to_fp16(model, plan)
     with tempfile.TemporaryDirectory(prefix=".int8-fp16-", dir=root) as tmp:
         path = Path(tmp) / onnx_path.name
         onnx_export.save(model, path)
@@ -192,23 +203,25 @@ def build_engines(artefact: str | Path, options: BuildOptions = BuildOptions(), 
     current_sm = gpu.sm if gpu else None
     targets = flavour.resolve_targets(options.targets, current_sm)
     profiles = _profiles(manifest, options)
-    graphs = {precision: _checked_graph(root, manifest, precision) for precision in options.precisions}
+    graphs = {precision: _candidates(manifest, precision, options.attention) for precision in options.precisions}
+    for candidates in graphs.values():
+        for graph in candidates:
+            _checked_graph(root, graph)
     log(f"{flavour.name} {flavour.version}: targets {', '.join('sm' + t for t in targets)}; "
         f"profiles {', '.join(p.describe() for p in profiles)}"
         + (f"; GPU here: {gpu.name} (sm{gpu.sm})" if gpu else "; no GPU here (ahead-of-time build)"))
     installed = []
     for precision in options.precisions:
-        onnx_path, onnx_sha = graphs[precision]
-        with _graph_to_parse(root, onnx_path, precision, options, log) as parse_path:
-            log(f"parsing {parse_path.name}")
-            net = parse_network(flavour, parse_path)
+        with _parsed(root, manifest, graphs[precision], precision, flavour, options, log) as (graph, net, notes):
+            onnx_sha = graph.sha256
             for sm in targets:
                 key = EngineKey(flavour.name, flavour.version, sm, precision)
                 old_cache = engine_dir(root, key) / TIMING_CACHE_NAME
                 started = time.perf_counter()
                 log(f"building {key}")
-                plan, cache = build_plan(flavour, net, profiles, sm, current_sm,
-                                         old_cache.read_bytes() if old_cache.is_file() else None, log)
+                plan, cache = _build_attention_aware(flavour, net, profiles, sm, current_sm,
+                                                     old_cache.read_bytes() if old_cache.is_file() else None,
+                                                     notes, log)
                 seconds = round(time.perf_counter() - started, 2)
                 log(f"  plan {len(plan) / 2**20:.1f} MiB in {seconds:.1f} s")
                 build = {
@@ -218,17 +231,82 @@ def build_engines(artefact: str | Path, options: BuildOptions = BuildOptions(), 
                     "batching": asdict(options.batching), "layers": int(net.network.num_layers),
                     "timing_cache": "kept" if cache is not None else f"not supported by {flavour.name}",
                     "built_on_gpu": f"{gpu.name} (sm{gpu.sm})" if gpu else None,
+                    "attention": graph.attention, **notes,
                 }
                 if precision == "int8":
                     build["int8_float"] = options.int8_float
-                record = EngineRecord(key, manifest.graph(precision).file, onnx_sha, sha256_bytes(plan), len(plan),
-                                      profiles, build)
+                record = EngineRecord(key, graph.file, onnx_sha, sha256_bytes(plan), len(plan), profiles, build)
                 record = _verified(root, manifest, flavour, record, plan, options, current_sm, log)
                 extra = {TIMING_CACHE_NAME: cache} if cache else None
                 write_engine(root, record, plan, extra)
                 log(f"installed {engine_dir(root, key)}")
                 installed.append(record)
     return installed
+
+
+@contextmanager
+def _parsed(root: Path, manifest: Manifest, candidates: list[GraphFile], precision: str, flavour: BuilderFlavour,
+            options: BuildOptions, log: Log) -> Iterator[tuple[GraphFile, _Network, dict[str, Any]]]:
+    """The first candidate graph the flavour parses (the fused one, else its eager twin, saying why)."""
+    notes: dict[str, Any] = {}
+    for i, graph in enumerate(candidates):
+        with _graph_to_parse(root, root / graph.file, precision, options, log, _fp16_plan(manifest, graph)) \
+                as parse_path:
+            log(f"parsing {parse_path.name} ({graph.attention} attention)")
+            try:
+                net = parse_network(flavour, parse_path)
+            except ExportError as exc:
+                if i == len(candidates) - 1:
+                    raise
+                log(f"  {flavour.name} {flavour.version} cannot take the {graph.attention} graph; building from "
+                    f"its eager twin instead. Reason: {exc}")
+                notes["fallback"] = f"{graph.file}: {exc}"[:2000]
+                continue
+            yield graph, net, notes
+            return
+
+
+def _fp16_plan(manifest: Manifest, graph: GraphFile) -> str:
+    """The FP32 islands an INT8 + FP16 copy keeps: those the FP16 graph of the same form passed its
+    parity gate with (the lean plan only ever for fused graphs)."""
+    fp16 = manifest.graphs.get("fp16")
+    if graph.attention != "fused" or fp16 is None or fp16.attention != "fused":
+        return "full"
+    return str(fp16.parity.get("fp32_islands", "full"))
+
+
+def attention_layers(flavour: BuilderFlavour, network: Any) -> list[Any]:
+    """The network's fused attention (IAttention) objects, one per ONNX ``Attention`` node."""
+    trt = flavour.trt
+    kind = getattr(getattr(trt, "LayerType", None), "ATTENTION_OUTPUT", None)
+    found = []
+    if kind is None:
+        return found
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type == kind:
+            layer.__class__ = trt.IAttentionOutputLayer  # the bindings hand out the base class
+            found.append(layer.attention)
+    return found
+
+
+def _build_attention_aware(flavour: BuilderFlavour, net: _Network, profiles: tuple[ProfileShape, ...], sm: str,
+                           current_sm: str | None, timing_cache: bytes | None, notes: dict[str, Any],
+                           log: Log) -> tuple[memoryview, bytes | None]:
+    """``build_plan``; where TensorRT has no dedicated attention kernel for the graph's dtype or shape
+    (FP32 attention, for one), mark the attention layers decomposable and build again."""
+    try:
+        return build_plan(flavour, net, profiles, sm, current_sm, timing_cache, log)
+    except ExportError as exc:
+        layers = attention_layers(flavour, net.network)
+        if "decomposable" not in str(exc) or not layers or all(a.decomposable for a in layers):
+            raise
+        for attention in layers:
+            attention.decomposable = True
+        log(f"  no dedicated attention kernel for this graph on sm{sm}: {len(layers)} attention layers marked "
+            "decomposable (TensorRT runs them as separate matrix multiplies and softmax)")
+        notes["attention_decomposed"] = True
+        return build_plan(flavour, net, profiles, sm, current_sm, timing_cache, log)
 
 
 def _verified(root: Path, manifest: Manifest, flavour: BuilderFlavour, record: EngineRecord, plan: bytes,
@@ -248,4 +326,5 @@ def _verified(root: Path, manifest: Manifest, flavour: BuilderFlavour, record: E
     return replace(record, parity=report)
 
 
-__all__ = ["BuildOptions", "build_engines", "build_plan", "current_gpu", "onnx_errors", "parse_network"]
+__all__ = ["BuildOptions", "attention_layers", "build_engines", "build_plan", "current_gpu", "onnx_errors",
+           "parse_network"]

@@ -7,6 +7,7 @@ copied back in one step, instead of ORT staging them per call.
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,11 @@ import numpy as np
 
 from ..config import BackendConfig
 from ..errors import ArtefactError, BackendError, InvalidInputError
-from ..manifest import Manifest
+from ..manifest import GraphFile, Manifest
 from .base import Backend, Batch, ShapeLimits
+from .ort_cuda import CudaRunner
+
+log = logging.getLogger(__name__)
 
 OUTPUTS = ("sentence_embedding", "embedding_norm")
 _CUDA = "CUDAExecutionProvider"
@@ -76,6 +80,9 @@ class OnnxRuntimeBackend(Backend):
         self._session: Any = None
         self._device = "cpu"
         self._precision: str | None = None
+        self._graph_file: GraphFile | None = None
+        self._cuda: CudaRunner | None = None
+        self._notes: dict[str, str] = {}  # what describe() reports: fallbacks and their reasons
         self._lock = threading.Lock()
 
     @property
@@ -98,7 +105,7 @@ class OnnxRuntimeBackend(Backend):
             return "cpu"
         return "cuda" if cuda_available() else "cpu"
 
-    def _session_for(self, device: str, precision: str) -> Any:
+    def _session_for(self, device: str, graph: GraphFile, cuda_graphs: bool = False) -> Any:
         ort = _ort()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -109,8 +116,9 @@ class OnnxRuntimeBackend(Backend):
         providers: list[Any] = ["CPUExecutionProvider"]
         if device == "cuda":
             _preload_cuda_libraries(ort)
-            providers.insert(0, (_CUDA, {"device_id": self.config.device_id}))
-        path = self.artefact / self.manifest.graph(precision).file
+            cuda = {"device_id": self.config.device_id, **({"enable_cuda_graph": "1"} if cuda_graphs else {})}
+            providers.insert(0, (_CUDA, cuda))
+        path = self.artefact / graph.file
         if not path.is_file():
             raise ArtefactError(f"{path} is missing; the artefact is incomplete, re-export the model")
         try:
@@ -118,13 +126,47 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:  # ORT raises its own pybind exception types
             raise BackendError(f"ONNX Runtime could not load {path.name}: {exc}") from exc
 
+    def _graph(self, precision: str) -> GraphFile:
+        graph = self.manifest.graph(precision, self.config.attention)
+        if graph.padding_side is not None and graph.padding_side != self.manifest.padding_side:
+            raise ArtefactError(f"{graph.file} is exact only with {graph.padding_side} padding, but the manifest "
+                                f"pads on the {self.manifest.padding_side}; re-export the model")
+        return graph
+
+    def _open_graph(self, device: str, precision: str) -> tuple[Any, GraphFile]:
+        """A session for the precision's graph; a fused graph this ONNX Runtime cannot load (too old
+        for opset 23, say) falls back to its eager twin unless the user asked for fused."""
+        graph = self._graph(precision)
+        try:
+            return self._session_for(device, graph), graph
+        except BackendError as exc:
+            twin = self.manifest.eager_graphs.get(precision)
+            if self.config.attention != "auto" or graph.attention != "fused" or twin is None:
+                raise
+            try:
+                session = self._session_for(device, twin)
+            except BackendError as twin_exc:
+                raise BackendError(f"{exc}; its eager twin failed too: {twin_exc}") from twin_exc
+            log.warning("%s; running its eager twin %s instead", exc, twin.file)
+            self._notes["attention_fallback"] = str(exc)
+            return session, twin
+
+    def _open_cuda_graphs(self, graph: GraphFile) -> Any:
+        """The CUDA session again with graph capture, or None (and the reason noted) if ORT refuses."""
+        try:
+            return self._session_for("cuda", graph, cuda_graphs=True)
+        except BackendError as exc:  # e.g. Memcpy nodes in the partitioned graph
+            self._notes["cuda_graphs"] = f"off: {exc}"
+            log.warning("CUDA graphs not available for %s: %s", graph.file, exc)
+            return None
+
     def open(self) -> None:
         with self._lock:
             if self._session is not None:
                 return
             device = self._wanted_device()
             precision = choose_precision(self.manifest, self.config.precision, device)
-            session = self._session_for(device, precision)
+            session, graph = self._open_graph(device, precision)
             if device == "cuda" and session.get_providers()[0] != _CUDA:
                 # onnxruntime-gpu is installed but CUDA did not initialise; ORT fell back to CPU.
                 if self.config.device == "cuda":
@@ -133,27 +175,40 @@ class OnnxRuntimeBackend(Backend):
                 device = "cpu"
                 cpu_precision = choose_precision(self.manifest, self.config.precision, device)
                 if cpu_precision != precision:
-                    precision, session = cpu_precision, self._session_for(device, cpu_precision)
+                    precision = cpu_precision
+                    session, graph = self._open_graph(device, cpu_precision)
             names = {o.name for o in session.get_outputs()}
             missing = [n for n in OUTPUTS if n not in names]
             if missing:
                 raise ArtefactError(f"graph {precision} lacks outputs {missing}; re-export with this embedrt")
+            runner = None
+            if device == "cuda":
+                captured = self._open_cuda_graphs(graph) if self.config.cuda_graphs else None
+                if captured is not None:
+                    session = captured
+                    self._notes["cuda_graphs"] = f"on (shapes up to {self.config.cuda_graph_max_tokens} tokens)"
+                runner = CudaRunner(_ort(), session, {"sentence_embedding": (self.manifest.hidden_size,),
+                                                      "embedding_norm": ()},
+                                    self.config.device_id, self.manifest.pad_token_id, captured is not None,
+                                    self.config.cuda_graph_max_tokens)
             self._session, self._device, self._precision = session, device, precision
+            self._graph_file, self._cuda = graph, runner
 
     def close(self) -> None:
         with self._lock:
             self._session = None
+            self._cuda = None
 
     def limits(self) -> ShapeLimits:
         return ShapeLimits()  # dynamic axes: any batch and sequence length
 
     def run(self, batch: Batch) -> dict[str, np.ndarray]:
-        session = self._session
+        session, cuda = self._session, self._cuda
         if session is None:
             raise BackendError("the ONNX Runtime backend is not open; call open() first")
         try:
-            if self._device == "cuda":
-                values = self._run_bound(session, batch)
+            if cuda is not None:
+                values = cuda.run(batch)
             else:
                 values = session.run(list(OUTPUTS), {"input_ids": batch.input_ids,
                                                      "attention_mask": batch.attention_mask})
@@ -161,19 +216,10 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError(f"ONNX Runtime failed on a batch of shape {batch.shape}: {exc}") from exc
         return dict(zip(OUTPUTS, values, strict=True))
 
-    def _run_bound(self, session: Any, batch: Batch) -> list[np.ndarray]:
-        binding = session.io_binding()  # one per call: bindings are not shared between threads
-        binding.bind_cpu_input("input_ids", np.ascontiguousarray(batch.input_ids))
-        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(batch.attention_mask))
-        for name in OUTPUTS:
-            binding.bind_output(name, "cuda", self.config.device_id)
-        session.run_with_iobinding(binding)
-        return list(binding.copy_outputs_to_cpu())
-
     def describe(self) -> dict[str, str]:
-        facts = {**super().describe(), "device": self._device,
-                 "graph": self.manifest.graph(self.precision).file,
-                 "intra_op_threads": str(self.config.intra_op_threads or "default")}
+        graph = self._graph_file or self.manifest.graph(self.precision, self.config.attention)
+        facts = {**super().describe(), "device": self._device, "graph": graph.file, "attention": graph.attention,
+                 "intra_op_threads": str(self.config.intra_op_threads or "default"), **self._notes}
         if self._session is not None:
             facts["providers"] = ",".join(self._session.get_providers())
         return facts

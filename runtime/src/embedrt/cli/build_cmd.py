@@ -34,6 +34,7 @@ def _run_build(args: argparse.Namespace) -> int:
         batching=batching,
         verify=not args.no_verify,
         int8_float=args.int8_float,
+        attention=args.attention,
     )
     trt.build_engines(args.artefact, options)
     return 0
@@ -65,6 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--int8-float", choices=("fp16", "fp32"), default="fp16",
                    help="INT8 engines: precision of what is not quantized (default fp16: INT8 + FP16, the FP16 "
                    "graph's FP32 islands kept; fp32: the Q/DQ graph as quantized)")
+    p.add_argument("--attention", choices=("auto", "fused", "eager"), default="auto",
+                   help="graph to build from: auto (default: the artefact's default graph, fused where exported; "
+                   "its eager twin where the flavour cannot parse the fused one), fused, or eager")
     p.add_argument("--no-verify", action="store_true", help="skip the GPU parity check (not recommended)")
     p.set_defaults(run=_run_build)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import BackendConfig
 from ..errors import InvalidInputError
 
 CHUNK = 256  # texts per call: bounds memory and drives the progress bar
@@ -78,7 +79,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.output and Path(args.output).suffix not in (".npy", ".jsonl"):
         raise InvalidInputError(f"--output must end in .npy or .jsonl, got {args.output}")
     options = {"dimensions": args.dimensions}
-    with Embedder.load(args.artefact, args.backend, precision=args.precision) as embedder:
+    config = BackendConfig(attention=args.attention)
+    with Embedder.load(args.artefact, args.backend, precision=args.precision, backend_config=config) as embedder:
         parts = []
         with _progress(len(texts)) as bar:
             for chunk in _chunks(texts):
@@ -115,4 +117,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--dimensions", type=int, help="Matryoshka: truncate to N dimensions and renormalise")
     p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"))
     p.add_argument("--precision", default="auto", help="graph to run: auto, fp32, fp16, int8 ... (default: auto)")
+    p.add_argument("--attention", default="auto", choices=("auto", "fused", "eager"),
+                   help="graph form: the artefact's default (auto), fused, or its eager twin")
     p.set_defaults(run=_run)

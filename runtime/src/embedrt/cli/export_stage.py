@@ -38,6 +38,7 @@ def _run_export(args: argparse.Namespace) -> int:
         with_hidden_states=args.with_hidden_states,
         revision=args.revision,
         overwrite=args.overwrite,
+        attention=args.attention,
     )
     stage.export_model(args.model, args.out, options)
     return 0
@@ -53,7 +54,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--dtype", action="append", type=_dtypes, metavar="fp32|fp16[,..]",
                    help="graph precision(s) to write; repeat or comma-separate (default: fp32,fp16)")
     p.add_argument("--max-length", type=int, help="maximum tokens per text (default: the model's own)")
-    p.add_argument("--opset", type=int, default=20, help="ONNX opset (default: 20)")
+    p.add_argument("--opset", type=int, default=20, help="ONNX opset of the eager graph (default: 20; the fused "
+                   "graph is always opset 23)")
+    p.add_argument("--attention", choices=("auto", "fused", "eager", "both"), default="auto",
+                   help="fused: opset-23 Attention / RMSNormalization / RotaryEmbedding (flash attention on "
+                   "CUDA, fused TensorRT layers); eager: plain MatMul / Softmax; auto (default): fused as the "
+                   "default graph plus its eager twin where the model family is covered (Qwen3), else eager; "
+                   "both: as auto, failing where fused is not available")
     p.add_argument("--name", help="model name recorded in the manifest (default: the directory name)")
     p.add_argument("--revision", help="hub revision (branch, tag or commit) when MODEL is a hub id")
     p.add_argument("--with-hidden-states", action="store_true", help="also output last_hidden_state")

@@ -82,7 +82,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("--device-id", ("backend.device_id",), int, "GPU index"),
     Option("--intra-op-threads", ("backend.intra_op_threads",), int, "backend CPU threads (0: all cores)"),
     Option("--cuda-graphs", ("backend.cuda_graphs",), _bool,
-           "TensorRT-RTX: capture each input shape into a CUDA graph and replay it (true/false)"),
+           "capture input shapes into CUDA graphs and replay them: TensorRT-RTX (every shape), ONNX Runtime "
+           "CUDA (short shapes, see --cuda-graph-max-tokens) (true/false)"),
+    Option("--cuda-graph-max-tokens", ("backend.cuda_graph_max_tokens",), int,
+           "ONNX Runtime CUDA: largest padded rows x sequence captured into a CUDA graph"),
+    Option("--attention", ("backend.attention",), str,
+           "auto | fused | eager: which form of the graph to run (auto: the artefact's default, fused where "
+           "exported; eager: its eager twin)"),
     Option("--max-batch-tokens", ("scheduler.max_batch_tokens", "batching.max_batch_tokens"), int,
            "tokens merged into one backend call across requests"),
     Option("--max-batch-size", ("batching.max_batch_size",), int, "rows per backend run"),
