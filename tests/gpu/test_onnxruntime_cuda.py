@@ -59,26 +59,13 @@ def test_auto_uses_cuda_when_no_engine_fits(qwen3_artefact: Path) -> None:
         assert embedder.info()["backend_details"]["device"] == "cuda" and embedder.precision == "fp16"
 
 
-def memcpy_nodes(artefact: Path, graph_file: str, tmp_path: Path) -> list[str]:
-    """Memcpy nodes ONNX Runtime inserts when it places part of the graph on the CPU: read from the
-    partitioned graph it saves (shape subgraphs on the CPU need none)."""
-    import onnx
-    import onnxruntime as ort
-
-    from embedrt.backends.onnxruntime import _preload_cuda_libraries
-
-    _preload_cuda_libraries(ort)
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "partitioned.onnx")
-    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "partitioned.data")
-    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    ort.InferenceSession(str(artefact / graph_file), options, providers=["CUDAExecutionProvider"])
-    model = onnx.load(str(tmp_path / "partitioned.onnx"), load_external_data=False)
-    return [n.name for n in model.graph.node if n.op_type.startswith("Memcpy")]
-
-
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_fused_graph_has_no_memcpy_on_cuda(qwen3_artefact: Path, precision: str, tmp_path: Path) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    from bench_gpu import memcpy_nodes  # one placement check for the benchmark and this test
+
     copies = memcpy_nodes(qwen3_artefact, f"model.{precision}.onnx", tmp_path)
     print(f"Memcpy nodes in the CUDA-partitioned fused {precision} graph: {copies}")
     assert copies == []
