@@ -1,16 +1,19 @@
-"""``embedrt quantize``: an artefact's FP32 graph -> calibrated INT8 Q/DQ graph behind a quality gate.
+"""``embedrt quantize``: an artefact's FP32 graph -> INT8 graphs behind a quality gate.
 
-The Q/DQ graph (``model.int8.onnx``, manifest key "int8") is what TensorRT 11 / TensorRT-RTX build
-INT8 engines from: explicit QuantizeLinear / DequantizeLinear pairs, symmetric, every zero point 0
-(TensorRT rejects others). The same file runs on ONNX Runtime CPU, so its quality is measured here.
-Quantizer: ONNX Runtime's static QDQ quantizer (see docs/int8.md for the comparison with ModelOpt).
+Two INT8 graphs, one per kind of runtime, each gated on its own:
 
-Optionally a CPU-only variant (``model.int8-cpu.onnx``, key "int8-cpu"): ONNX Runtime dynamic
-quantization (weights INT8 per channel, activations quantized per batch at run time), kept only
-when it is faster than the Q/DQ graph on ONNX Runtime CPU and passes the same gate.
+- ``int8`` (``model.int8.onnx``), for TensorRT: calibrated static Q/DQ, explicit QuantizeLinear /
+  DequantizeLinear pairs, symmetric, every zero point 0 (TensorRT rejects others). It also runs on
+  ONNX Runtime CPU, but there at about FP32 speed: x86 ONNX Runtime has fast kernels for uint8 x int8
+  only, not for the int8 x int8 this graph asks for. Quantizer: ONNX Runtime's static QDQ quantizer
+  (see docs/int8.md for the comparison with ModelOpt).
+- ``int8-cpu`` (``model.int8-cpu.onnx``), for ONNX Runtime CPU: u8s8 integer GEMMs with per-token
+  activation scales computed at run time (``cpu_int8.py``). ``precision="int8"`` on a CPU loads it.
 
-Everything is written in a hidden directory inside the artefact, checked, gated, and only then moved
-into place and recorded in the manifest (written atomically). A failure leaves the artefact as it was.
+Both take the same plan (which MatMuls are linear layers, ``--exclude``) and the same automatic
+exclusion search when the first try misses the gate. Everything is written in a hidden directory
+inside the artefact, checked, gated, and only then moved into place and recorded in the manifest
+(written atomically). A failure leaves the artefact as it was.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import onnx
 
 from embedrt.manifest import MANIFEST_NAME, GraphFile, Manifest, load_manifest
 
-from . import autoexclude, calibration, int8_plan, quality
+from . import autoexclude, calibration, cpu_int8, int8_plan, quality
 from .artefact import checksums, write_atomic
 from .errors import QuantizationError
 
@@ -48,7 +51,9 @@ class QuantizeOptions:
     per_layer_sensitivity: bool = False
     auto_exclude: bool = True  # below the gate, keep the most harmful layer groups float (autoexclude.py)
     max_auto_exclusions: int = 4  # groups the search may keep float before it gives up
-    cpu_variant: bool = True
+    cpu_variant: bool = True  # build the int8-cpu graph (ONNX Runtime CPU)
+    qdq_graph: bool = True  # build the int8 Q/DQ graph (TensorRT); --target cpu turns it off
+    cpu_weight_bits: int = 7  # 7: saturation-free on every x86 CPU; 8: finer, may saturate on AVX2 (cpu_int8.py)
     batch_size: int = 8
     limit_calibration: int | None = None  # use the first N texts (tests, quick looks)
     limit_heldout: int | None = None
@@ -89,7 +94,7 @@ class _Work:
     log: Log
     source: Path  # the float graph the quantizer reads (pre-processed, maybe smoothed)
     plan: int8_plan.Plan
-    cpu_plan: int8_plan.Plan  # without --exclude: dynamic INT8 copes with outliers and is gated on its own
+    cpu_plan: int8_plan.Plan  # the same layers; the CPU graph's own exclusion search starts from it
     held: quality.HeldOut
     calib_batches: list[calibration.Feed]
     calib_source: str
@@ -116,20 +121,22 @@ class _Work:
 
 def quantize_artefact(artefact: str | Path, options: QuantizeOptions = QuantizeOptions(),
                       log: Log = print) -> Manifest:
-    """Add an INT8 graph (and, where it wins, an int8-cpu graph) to ``artefact``; returns the new manifest."""
+    """Add the INT8 graphs (Q/DQ for TensorRT, per-token u8s8 for CPU) to ``artefact``; returns the new manifest."""
     root = Path(artefact).resolve()
     manifest = load_manifest(root)
     fp32 = root / manifest.graph("fp32").file
     _calibrate_method(options.method)
+    if not (options.qdq_graph or options.cpu_variant):
+        raise QuantizationError("nothing to build: both the Q/DQ (TensorRT) and the CPU INT8 graph are off")
+    if options.cpu_weight_bits not in (7, 8):
+        raise QuantizationError(f"CPU weight bits must be 7 or 8 (got {options.cpu_weight_bits})")
     started = time.perf_counter()
     stage = Path(tempfile.mkdtemp(prefix=".quantize-", dir=root))
     try:
         work = _prepare(root, stage, manifest, fp32, options, log)
-        graphs = [_static_graph(work, fp32)]
+        graphs = [_static_graph(work, fp32)] if options.qdq_graph else []
         if options.cpu_variant:
-            cpu = _cpu_graph(work, graphs[0])
-            if cpu is not None:
-                graphs.append(cpu)
+            graphs.append(_cpu_graph(work))
         updated = _commit(root, stage, manifest, graphs)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -158,7 +165,7 @@ def _prepare(root: Path, stage: Path, manifest: Manifest, fp32: Path, options: Q
                       save_as_external_data=True, all_tensors_to_one_file=True,
                       external_data_location="float.onnx.data")
     structure = onnx.load(str(fp32), load_external_data=False)
-    plan, cpu_plan = int8_plan.make_plan(structure, options.exclude), int8_plan.make_plan(structure)
+    plan = cpu_plan = int8_plan.make_plan(structure, options.exclude)
     if not plan.quantize:
         raise QuantizationError("no linear layer is left to quantize; check --exclude")
     log(f"plan: {len(plan.quantize)} linear layers to INT8, {len(plan.excluded)} MatMul/Gemm kept float")
@@ -196,7 +203,8 @@ def _static_graph(work: _Work, fp32: Path) -> GraphFile:
     if not report["passed"]:
         raise QuantizationError(_failure(work, fp32, out, report, sensitivity, auto), report)
     quantization = {
-        "format": "QDQ", "symmetric": True, "per_channel_weights": True, "activations": "int8, static per tensor",
+        "target": "tensorrt", "format": "QDQ", "symmetric": True, "per_channel_weights": True,
+        "activations": "int8, static per tensor",
         "method": options.method, "smoothquant_alpha": options.smoothquant,
         "quantizer": "onnxruntime.quantization.quantize_static", "quantizer_version": onnxruntime.__version__,
         "calibration": {"source": work.calib_source, "texts": sum(len(b["input_ids"]) for b in work.calib_batches),
@@ -207,40 +215,101 @@ def _static_graph(work: _Work, fp32: Path) -> GraphFile:
         quantization["sensitivity"] = sensitivity
     if auto is not None:
         quantization["auto_exclude"] = auto.record
-    return GraphFile(file=out.name, precision="int8", sha256="", external_data=(f"{out.name}.data",),
-                     parity=report, quantization=quantization)
+    return _derived(work, out, "int8", report, quantization)
 
 
-def _cpu_graph(work: _Work, static: GraphFile) -> GraphFile | None:
-    """ONNX Runtime dynamic INT8, kept only if it beats the Q/DQ graph on ORT CPU and passes the gate."""
+def _cpu_graph(work: _Work) -> GraphFile:
+    """Per-token u8s8 INT8 for ONNX Runtime CPU: gated like the Q/DQ graph, with its own exclusion search."""
     import onnxruntime
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    options, log = work.options, work.log
     out = work.stage / "model.int8-cpu.onnx"
-    quantize_dynamic(str(work.stage / "float.onnx"), str(out), op_types_to_quantize=list(int8_plan.QUANTIZED_OPS),
-                     per_channel=True, weight_type=QuantType.QInt8, nodes_to_quantize=list(work.cpu_plan.quantize),
-                     use_external_data_format=True)
-    session = quality.open_session(out)
-    report = quality.compare(work.held, work.held.embed(session), work.options.gate)
-    _log_report(work.log, "int8-cpu", report)
+    log(f"int8-cpu: per-token u8s8, {options.cpu_weight_bits}-bit weights, {len(work.cpu_plan.quantize)} linear layers")
+    report = _cpu_attempt(work, out, work.cpu_plan)
+    _log_report(log, "int8-cpu", report)
+    plan, auto = work.cpu_plan, None
+    if not report["passed"] and _search_can_help(work):
+        auto = autoexclude.search(plan, report, lambda p, key: _cpu_probe(work, p, key),
+                                  lambda p: _cpu_attempt(work, out, p), options.max_auto_exclusions, log)
+        report, plan = auto.report, auto.plan
+        log(f"  int8-cpu auto-exclude {'passed' if auto.passed else 'gave up'} in {auto.record['seconds']} s")
+    if not report["passed"]:
+        raise QuantizationError(_cpu_failure(report, auto), report)
     feed = max(work.held.batches, key=lambda b: int(b["attention_mask"].sum()))
-    static_tps = quality.throughput(quality.open_session(work.stage / static.file), feed)
-    cpu_tps = quality.throughput(session, feed)
-    speed = {"batch": list(feed["input_ids"].shape), "int8_tokens_per_s": round(static_tps, 1),
-             "int8_cpu_tokens_per_s": round(cpu_tps, 1)}
-    work.log(f"  ORT CPU on a {feed['input_ids'].shape[0]}x{feed['input_ids'].shape[1]} batch: "
-             f"int8 (Q/DQ) {static_tps:.0f} tokens/s, int8-cpu (dynamic) {cpu_tps:.0f} tokens/s")
-    if not report["passed"] or cpu_tps <= static_tps:
-        why = "below the gate" if not report["passed"] else "not faster than the Q/DQ graph"
-        work.log(f"  int8-cpu not kept: {why}")
-        return None
-    quantization = {"format": "dynamic (MatMulInteger)", "weights": "int8 per channel, symmetric",
-                    "activations": "uint8, quantized per batch at run time", "cpu_only": True,
-                    "quantizer": "onnxruntime.quantization.quantize_dynamic",
-                    "quantizer_version": onnxruntime.__version__, "speed_vs_int8_qdq": speed,
-                    **work.cpu_plan.summary()}
-    return GraphFile(file=out.name, precision="int8-cpu", sha256="",
-                     external_data=(f"{out.name}.data",), parity=report, quantization=quantization)
+    fp32_tps = quality.throughput(quality.open_session(work.source), feed)
+    cpu_tps = quality.throughput(quality.open_session(out), feed)
+    log(f"  ORT CPU on a {feed['input_ids'].shape[0]}x{feed['input_ids'].shape[1]} batch: fp32 {fp32_tps:.0f} "
+        f"tokens/s, int8-cpu {cpu_tps:.0f} tokens/s ({cpu_tps / fp32_tps:.2f}x; one batch, a hint, not a benchmark)")
+    bits = options.cpu_weight_bits
+    quantization = {
+        "target": "onnxruntime-cpu", "cpu_only": True,
+        "format": "per-token dynamic u8s8 (com.microsoft.MatMulIntegerToFloat)",
+        "activations": "uint8 with zero point 128 (symmetric), one scale per token, computed at run time",
+        "weights": f"int8 per output channel, symmetric, {bits}-bit range [-{2 ** (bits - 1) - 1}, "
+                   f"{2 ** (bits - 1) - 1}]",
+        "weight_bits": bits,
+        # vpmaddubsw (AVX2 / AVX-512 without VNNI) adds two u8 x s8 products in a saturating int16.
+        "saturation_free_on_avx2": bits == 7,
+        "quantizer": "embedrt_export.cpu_int8", "onnxruntime_version": onnxruntime.__version__,
+        "smoothquant_alpha": options.smoothquant,
+        "integer_ops": cpu_int8.integer_kernels(onnx.load(str(out), load_external_data=False)),
+        "speed_hint": {"batch": list(feed["input_ids"].shape), "fp32_tokens_per_s": round(fp32_tps, 1),
+                       "int8_cpu_tokens_per_s": round(cpu_tps, 1)},
+        **plan.summary(),
+    }
+    if auto is not None:
+        quantization["auto_exclude"] = auto.record
+    return _derived(work, out, "int8-cpu", report, quantization)
+
+
+def _derived(work: _Work, out: Path, key: str, report: dict[str, Any], quantization: dict[str, Any]) -> GraphFile:
+    """The FP32 graph's entry with this graph's file, key and reports: what else the export recorded about the
+    graph's form (attention kind, the padding side it is exact for) holds for its quantized copies too."""
+    return replace(work.manifest.graph("fp32"), file=out.name, precision=key, sha256="",
+                   external_data=(f"{out.name}.data",), parity=report, quantization=quantization)
+
+
+def _cpu_build(work: _Work, out: Path, nodes: tuple[str, ...]) -> cpu_int8.CpuInt8Result:
+    model = onnx.load(str(work.source))
+    result = cpu_int8.quantize_per_token(model, nodes, work.options.cpu_weight_bits)
+    for stale in (out, out.with_name(f"{out.name}.data")):
+        stale.unlink(missing_ok=True)  # onnx appends external data to an existing file: start clean
+    onnx.save_model(model, str(out), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=f"{out.name}.data")
+    return result
+
+
+def _cpu_attempt(work: _Work, out: Path, plan: int8_plan.Plan) -> dict[str, Any]:
+    """Build the CPU graph for ``plan``, check that every planned layer became an integer GEMM, gate it."""
+    result = _cpu_build(work, out, plan.quantize)
+    onnx.checker.check_model(str(out))
+    if result.skipped or len(result.quantized) != len(plan.quantize):
+        first = next(iter(result.skipped.items()), ("?", "?"))
+        raise QuantizationError(f"the CPU quantizer left {len(plan.quantize) - len(result.quantized)} planned layers "
+                                f"in float (e.g. {first[0]}: {first[1]})")
+    return quality.compare(work.held, work.held.embed(quality.open_session(out)), work.options.gate)
+
+
+def _cpu_probe(work: _Work, plan: int8_plan.Plan, key: str) -> list[dict[str, Any]]:
+    """Each group of ``plan`` alone in INT8 (per-token CPU graph), worst first."""
+    rows = []
+    for group, nodes in plan.groups(key).items():
+        path = work.stage / "probe-cpu.onnx"
+        _cpu_build(work, path, nodes)
+        rows.append({"group": group, "nodes": len(nodes), "mean_cosine_alone": work.mean_cosine(path)})
+        work.log(f"  int8-cpu sensitivity: only {group} in INT8 -> mean cosine {rows[-1]['mean_cosine_alone']:.5f}")
+    return sorted(rows, key=lambda r: r["mean_cosine_alone"])
+
+
+def _cpu_failure(report: dict[str, Any], auto: autoexclude.Outcome | None) -> str:
+    head = (f"int8-cpu graph misses the quality gate: mean cosine {report['mean_cosine']:.5f} < "
+            f"{report['gate_mean_cosine']} (min {report['min_cosine']:.5f}); the artefact is unchanged.")
+    if auto is None:
+        return head + " Try --cpu-weight-bits 8, --smoothquant, or --exclude the most sensitive layers."
+    kept = ", ".join(e["group"] for e in auto.record["excluded"]) or "none"
+    worst = [f"{r['group']} ({r['mean_cosine_alone']:.5f})" for t in auto.record["tries"] for r in t["sensitivity"][:3]]
+    return (f"{head} Automatic exclusion gave up after keeping {len(auto.record['excluded'])} group(s) float "
+            f"({kept}). Most harmful alone: {', '.join(worst)}.")
 
 
 def _validate(path: Path, plan: int8_plan.Plan) -> None:
@@ -322,7 +391,10 @@ def _failure(work: _Work, fp32: Path, out: Path, report: dict[str, Any],
 
 
 def _commit(root: Path, stage: Path, manifest: Manifest, graphs: list[GraphFile]) -> Manifest:
-    """Move the new graphs into the artefact, then rewrite the manifest in one atomic step."""
+    """Move the new graphs into the artefact, then rewrite the manifest in one atomic step.
+
+    Each graph replaces only the one with its own key: ``--target cpu`` keeps an existing Q/DQ graph.
+    """
     for graph in graphs:
         for name in (graph.file, *graph.external_data):
             (stage / name).chmod(0o644)  # tempfiles are private; artefacts are shared read-only
@@ -333,13 +405,5 @@ def _commit(root: Path, stage: Path, manifest: Manifest, graphs: list[GraphFile]
             os.replace(stage / name, root / name)
         sums = checksums(root, names)
         updated = updated.with_graph(GraphFile(**{**graph.__dict__, "sha256": sums[graph.file]}), sums)
-    # An int8-cpu graph from an earlier run no longer matches the new int8 one: drop it with its files.
-    stale = None if any(g.precision == "int8-cpu" for g in graphs) else manifest.graphs.get("int8-cpu")
-    old = (stale.file, *stale.external_data) if stale else ()
-    if stale:
-        updated = replace(updated, graphs={k: g for k, g in updated.graphs.items() if k != "int8-cpu"},
-                          files={k: v for k, v in updated.files.items() if k not in old})
     write_atomic(root / MANIFEST_NAME, updated.to_json())
-    for name in old:
-        (root / name).unlink(missing_ok=True)
     return updated

@@ -7,7 +7,8 @@ that difficulty into the weights, which are quantized per output channel and tol
 ``X @ W == (X / s) @ (diag(s) @ W)`` with ``s_j = max|X_j|**alpha / max|W_j|**(1 - alpha)``.
 
 ``1/s`` is folded into the producer of ``X`` when that is a per-channel affine op whose output feeds
-only the smoothed layers (RMSNorm's weight Mul, LayerNormalization's scale and bias); otherwise an
+only the smoothed layers (RMSNorm's weight Mul, the scale of opset-23 RMSNormalization, LayerNormalization's
+scale and bias); otherwise an
 explicit ``Mul`` is inserted, which TensorRT fuses into the following quantize.
 ONNX Runtime's own ``SmoothQuant`` option needs Intel Neural Compressor; this is the same algorithm
 in a page, without that dependency.
@@ -114,7 +115,7 @@ def _fold(model: onnx.ModelProto, inits: dict[str, onnx.TensorProto], producer: 
     """Scale a per-channel affine producer by ``inv``; False when the producer is not one."""
     if producer is None:
         return False
-    if producer.op_type == "LayerNormalization":
+    if producer.op_type in ("LayerNormalization", "RMSNormalization"):  # scale (and bias) inputs
         slots = [i for i in (1, 2) if i < len(producer.input) and producer.input[i]]
     elif producer.op_type == "Mul":
         slots = [i for i in (0, 1) if producer.input[i] in inits]

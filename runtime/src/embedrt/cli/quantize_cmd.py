@@ -21,7 +21,9 @@ def _run(args: argparse.Namespace) -> int:
         per_layer_sensitivity=args.per_layer_sensitivity,
         auto_exclude=not args.no_auto_exclude,
         max_auto_exclusions=args.max_auto_exclusions,
-        cpu_variant=not args.no_cpu_variant,
+        cpu_variant=args.target in ("all", "cpu") and not args.no_cpu_variant,
+        qdq_graph=args.target in ("all", "tensorrt"),
+        cpu_weight_bits=args.cpu_weight_bits,
         batch_size=args.batch_size,
     )
     quantize_artefact(args.artefact, options)
@@ -30,13 +32,13 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
-        "quantize", help="add a calibrated INT8 (Q/DQ) graph to an artefact, behind a quality gate",
-        description="Calibrate and quantize the artefact's FP32 graph to INT8 Q/DQ (symmetric, zero points 0: "
-        "TensorRT-ready, also runs on ONNX Runtime CPU), check it against FP32 on held-out texts and add it "
-        "to the manifest. Below the gate it first searches for layer groups to keep float (most harmful first, "
-        "re-gating after each; see --no-auto-exclude); if none passes, nothing changes and the command exits "
-        "non-zero. Where ONNX "
-        "Runtime's dynamic INT8 is faster on CPU and passes the same gate, it is added too (int8-cpu).")
+        "quantize", help="add INT8 graphs to an artefact (Q/DQ for TensorRT, u8s8 for CPU), behind a quality gate",
+        description="Quantize the artefact's FP32 graph to INT8, twice: a calibrated Q/DQ graph (symmetric, zero "
+        "points 0: what TensorRT builds from; key int8) and a CPU graph for ONNX Runtime's fast u8s8 integer "
+        "kernels with per-token activation scales (key int8-cpu; precision=int8 on CPU loads it). Each is checked "
+        "against FP32 on held-out texts and added to the manifest. Below the gate it first searches for layer "
+        "groups to keep float (most harmful first, re-gating after each; see --no-auto-exclude); if a graph still "
+        "misses, nothing changes and the command exits non-zero.")
     p.add_argument("artefact", help="artefact directory written by `embedrt export`")
     p.add_argument("--calibration", metavar="FILE",
                    help="calibration texts: .txt (one per line) or .jsonl ({\"text\", \"kind\": query|document, "
@@ -58,6 +60,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    "one at a time until the gate passes; recorded in the manifest)")
     p.add_argument("--max-auto-exclusions", type=int, default=4, metavar="N",
                    help="most layer groups the automatic search may keep float (default 4)")
-    p.add_argument("--no-cpu-variant", action="store_true", help="do not try ONNX Runtime dynamic INT8 (int8-cpu)")
+    p.add_argument("--target", choices=("all", "tensorrt", "cpu"), default="all",
+                   help="which INT8 graphs to build: all (default), tensorrt (the Q/DQ graph, key int8) or cpu "
+                   "(the u8s8 graph, key int8-cpu); the other one, if the artefact has it, is kept")
+    p.add_argument("--no-cpu-variant", action="store_true", help="same as --target tensorrt")
+    p.add_argument("--cpu-weight-bits", type=int, choices=(7, 8), default=7,
+                   help="CPU graph weight range: 7 (default) can never saturate the AVX2 / AVX-512 u8s8 kernels, so "
+                   "the gate holds on every x86 CPU; 8 is finer, exact only on VNNI / AMX CPUs")
     p.add_argument("--batch-size", type=int, default=8, help="calibration batch size (default 8)")
     p.set_defaults(run=_run)

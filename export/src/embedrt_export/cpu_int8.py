@@ -1,0 +1,173 @@
+"""The CPU INT8 graph: ONNX Runtime's fast u8s8 integer GEMMs with per-token activation scales.
+
+What ONNX Runtime's CPU kernels (MLAS) run fast on x86 is u8s8: uint8 activations times int8 weights,
+int32 accumulation. Per-channel int8 weights and a per-tensor uint8 activation are all its integer
+MatMul ops take (``MatMulInteger``, ``com.microsoft.MatMulIntegerToFloat``, ``DynamicQuantizeMatMul``).
+Symmetric int8 activations (the TensorRT Q/DQ graph) are s8s8, which MLAS runs fast only on
+AVX-VNNI-INT8 CPUs; elsewhere it falls back to a portable C++ kernel or keeps the MatMul in float.
+
+One scale for a whole activation tensor is what breaks BERT-family FFNs (and trained Qwen-family
+residual streams): a few tokens carry values 40x the rest, and every other token is left with a few
+levels. So each linear layer here quantizes its input *per token* (per row), at run time:
+
+    x [.., K] -> rows [T, K] -> s_t = max|x_t| / 127 -> q = QuantizeLinear(x, s, zero point 128, axis 0)
+    y = MatMulIntegerToFloat(q, Wq, 1, w_scale, 128) * s_t        (exact int32 accumulation in MLAS)
+
+``q`` is uint8 with zero point 128, i.e. symmetric 8-bit values stored as uint8 so that the u8s8
+kernels take them; the per-row scale is applied to the float output, which is exact because it is
+constant along the summed axis. Weights are int8 per output channel, symmetric. With
+``weight_bits=7`` (the default) weights use [-63, 63]: then the AVX2 / AVX-512 (non-VNNI) u8s8
+kernels, whose ``vpmaddubsw`` adds two u8 x s8 products into a saturating int16, can never saturate
+(255 * 63 * 2 = 32130 < 32767), so the graph gives the same result on every x86 CPU, VNNI or not,
+and the quality gate measured here holds on the machine that serves it. 8-bit weights are finer but
+may saturate on AVX2 hosts (ONNX Runtime's documentation on ``reduce_range``).
+
+Activations of the same tensor (q, k and v read one norm output) are quantized once. Everything
+else (attention score MatMuls, norms, softmax, pooling) stays float, as in the Q/DQ graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+MS_DOMAIN = "com.microsoft"
+_PREFIX = "cpu_int8"
+
+
+@dataclass(frozen=True)
+class CpuInt8Result:
+    quantized: tuple[str, ...]  # MatMul nodes now running as u8s8 integer GEMMs
+    skipped: dict[str, str]  # planned nodes left float, and why
+    activations: int  # distinct activation tensors quantized per token
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+class _Builder:
+    """Appends nodes and constants with unique names; nodes go in a list spliced in by the caller."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.count = 0
+        self.consts: dict[str, str] = {}
+
+    def name(self, stem: str) -> str:
+        self.count += 1
+        return f"{_PREFIX}/{stem}_{self.count}"
+
+    def const(self, key: str, value: np.ndarray) -> str:
+        if key not in self.consts:
+            name = f"{_PREFIX}/const/{key}"
+            self.model.graph.initializer.append(numpy_helper.from_array(value, name))
+            self.consts[key] = name
+        return self.consts[key]
+
+    def node(self, out: list[onnx.NodeProto], op: str, inputs: Sequence[str], stem: str, domain: str = "",
+             **attrs: object) -> str:
+        output = self.name(stem)
+        out.append(helper.make_node(op, list(inputs), [output], name=output, domain=domain, **attrs))
+        return output
+
+
+def _quantize_weight(weight: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per output column (axis 1 of [K, N]); all-zero columns get scale 1."""
+    qmax = float(2 ** (bits - 1) - 1)
+    peak = np.abs(weight).max(axis=0)
+    scale = np.where(peak > 0, peak / qmax, 1.0).astype(np.float32)
+    q = np.clip(np.rint(weight / scale), -qmax, qmax).astype(np.int8)
+    return q, scale
+
+
+def quantize_per_token(model: onnx.ModelProto, nodes: Sequence[str], weight_bits: int = 7) -> CpuInt8Result:
+    """Rewrite ``nodes`` (MatMul with a 2-D float weight initializer) of ``model`` in place.
+
+    ``model`` must hold its weights (loaded with external data). Nodes that do not fit (another op
+    type, a weight that is not a 2-D float initializer) stay float and are listed in ``skipped``.
+    """
+    if weight_bits not in (7, 8):
+        raise ValueError(f"weight_bits must be 7 or 8 (got {weight_bits})")
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    wanted = set(nodes)
+    b = _Builder(model)
+    opset = _opset(model)
+    inv127 = b.const("inv127", np.array(1.0 / 127.0, np.float32))
+    tiny = b.const("tiny", np.array(1e-12, np.float32))
+    one = b.const("one", np.array(1.0, np.float32))
+    zp = b.const("zp128", np.array(128, np.uint8))
+    minus1 = b.const("minus1", np.array([-1], np.int64))
+    zero1 = b.const("zero1", np.array([0], np.int64))
+    one1 = b.const("one1", np.array([1], np.int64))
+
+    per_input: dict[str, tuple[str, str, str]] = {}  # activation -> (q rows, scale column, leading shape)
+    done: list[str] = []
+    skipped: dict[str, str] = {}
+    new_nodes: list[onnx.NodeProto] = []
+    weight_users: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            weight_users[name] = weight_users.get(name, 0) + 1
+    dropped: set[str] = set()
+
+    for node in graph.node:
+        if node.name not in wanted:
+            new_nodes.append(node)
+            continue
+        weight = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if weight is None or len(weight.dims) != 2 or weight.data_type != TensorProto.FLOAT:
+            skipped[node.name] = "not a MatMul with a 2-D float weight"
+            new_nodes.append(node)
+            continue
+        k, n = (int(d) for d in weight.dims)
+        x = node.input[0]
+        if x not in per_input:
+            rows = b.node(new_nodes, "Reshape", [x, b.const(f"rows{k}", np.array([-1, k], np.int64))], "rows")
+            # max|x| per row from the row max and min: two reads of x, no |x| tensor written.
+            hi, lo = (b.node(new_nodes, op, [rows, one1] if opset >= 18 else [rows], "peak", keepdims=0,
+                             **({} if opset >= 18 else {"axes": [1]})) for op in ("ReduceMax", "ReduceMin"))
+            peak = b.node(new_nodes, "Max", [hi, b.node(new_nodes, "Neg", [lo], "peak"), tiny], "peak")
+            scale = b.node(new_nodes, "Mul", [peak, inv127], "scale")
+            zps = b.node(new_nodes, "Expand", [zp, b.node(new_nodes, "Shape", [scale], "count")], "zps")
+            q = b.node(new_nodes, "QuantizeLinear", [rows, scale, zps], "q", axis=0)
+            column = b.node(new_nodes, "Unsqueeze", [scale, one1], "scale_col")
+            lead = b.node(new_nodes, "Slice", [b.node(new_nodes, "Shape", [x], "shape"), zero1, minus1], "lead")
+            per_input[x] = (q, column, lead)
+        q, column, lead = per_input[x]
+        wq, wscale = _quantize_weight(numpy_helper.to_array(weight), weight_bits)
+        wq_name, ws_name = f"{weight.name}/int8", f"{weight.name}/scale"
+        graph.initializer.extend([numpy_helper.from_array(wq, wq_name), numpy_helper.from_array(wscale, ws_name)])
+        weight_users[weight.name] -= 1
+        if weight_users[weight.name] == 0:
+            dropped.add(weight.name)
+        acc = b.node(new_nodes, "MatMulIntegerToFloat", [q, wq_name, one, ws_name, zp], "mm", domain=MS_DOMAIN)
+        scaled = b.node(new_nodes, "Mul", [acc, column], "y")
+        shape = b.node(new_nodes, "Concat", [lead, b.const(f"n{n}", np.array([n], np.int64))], "yshape", axis=0)
+        new_nodes.append(helper.make_node("Reshape", [scaled, shape], [node.output[0]], name=node.name))
+        done.append(node.name)
+
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    kept = [i for i in graph.initializer if i.name not in dropped]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    if done and not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return CpuInt8Result(tuple(done), skipped, len(per_input))
+
+
+def integer_kernels(model: onnx.ModelProto) -> dict[str, int]:
+    """Counts of the integer-GEMM ops in a graph (what proves the fast CPU path is there)."""
+    kinds = ("MatMulIntegerToFloat", "MatMulInteger", "DynamicQuantizeMatMul", "QLinearMatMul",
+             "DynamicQuantizeLinear", "QuantizeLinear")
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type in kinds:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
