@@ -2,11 +2,54 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InvalidInputError
 
 # Sequence-length buckets shared by the batcher and TensorRT optimisation profiles: padding a batch
 # up to one of these keeps the number of distinct shapes (profiles, CUDA graphs) small.
 DEFAULT_SEQUENCE_BUCKETS: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+
+
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "QUOTA PERIOD" or "max PERIOD"
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup v2 CPU quota (containers).
+
+    ONNX Runtime's default counts the host's physical cores, so a container limited to 2 CPUs on a
+    64-core host would start 64 threads per session and stall them against its quota.
+    """
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = CGROUP_CPU_MAX.read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, -(-int(quota) // int(period))))  # ceil: 1.5 CPUs -> 2 threads
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
+def default_intra_op_threads() -> int:
+    """``EMBEDRT_INTRA_OP_THREADS`` if set, else :func:`usable_cpus`.
+
+    Several embedders or server workers on one machine should split the CPUs between them (e.g. four
+    workers on 8 CPUs: ``EMBEDRT_INTRA_OP_THREADS=2``): a session per worker each taking every core
+    puts several threads on every CPU.
+    """
+    value = os.environ.get("EMBEDRT_INTRA_OP_THREADS", "").strip()
+    if value:
+        try:
+            threads = int(value)
+        except ValueError:
+            raise InvalidInputError(f"EMBEDRT_INTRA_OP_THREADS must be a whole number (got {value!r})") from None
+        if threads < 0:
+            raise InvalidInputError(f"EMBEDRT_INTRA_OP_THREADS must be 0 (ONNX Runtime's choice) or more "
+                                    f"(got {threads})")
+        return threads
+    return usable_cpus()
 
 
 @dataclass(frozen=True)
@@ -21,7 +64,10 @@ class BackendConfig:
     precision: str = "auto"  # auto | fp32 | fp16 | int8
     device: str = "auto"  # auto | cpu | cuda
     device_id: int = 0
-    intra_op_threads: int = 0  # 0: the backend's default (all cores)
+    # CPU threads of one backend session; 0: ONNX Runtime's own choice (every physical core of the host).
+    # A plain default, read once at import (the CLI lists dataclass defaults; `serve` maps the same
+    # EMBEDRT_INTRA_OP_THREADS variable onto this field itself).
+    intra_op_threads: int = default_intra_op_threads()
     inter_op_threads: int = 1
     # Capture each input shape into a CUDA graph on first use and replay it afterwards: TensorRT-RTX's
     # whole-graph capture, or ONNX Runtime CUDA's enable_cuda_graph for short shapes (ort_cuda.py).
