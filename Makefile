@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 LEAN_ARTEFACT := build/lean-artefact
 DEPS := pyproject.toml runtime/pyproject.toml export/pyproject.toml constraints.txt
 
-.PHONY: setup test demo lint typecheck clean
+.PHONY: setup test demo lint typecheck clean bench-cpu
 
 setup: $(STAMP)
 
@@ -47,4 +47,21 @@ typecheck: $(STAMP)
 	$(PY) -m mypy
 
 clean:
-	rm -rf $(VENV) $(LEAN) $(LEAN_ARTEFACT) .pytest_cache
+	rm -rf $(VENV) $(LEAN) $(PEERS) $(LEAN_ARTEFACT) .pytest_cache
+
+# Benchmark peers (sentence-transformers with its ONNX / dynamic INT8 exports through optimum-onnx, which
+# needs transformers < 4.58): their own environment, so the project's pins and `make test` stay as they are.
+PEERS := .venv-peers
+PEERS_PIP := $(PEERS)/bin/python -m pip --disable-pip-version-check -q
+
+$(PEERS)/.installed:
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS_PIP) install --upgrade "pip>=25.1"
+	$(PEERS_PIP) install "torch==2.13.0"
+	$(PEERS_PIP) install "torch==2.13.0" "sentence-transformers[onnx]==5.7.0" "optimum-onnx[onnxruntime]==0.1.0" \
+		"transformers==4.57.6" "onnxruntime==1.32.0"
+	touch $@
+
+# INT8 on CPU against sentence-transformers and transformers, side by side (docs/benchmarks.md, "CPU").
+bench-cpu: $(STAMP) $(PEERS)/.installed
+	$(PY) scripts/bench_cpu.py --peers-python $(PEERS)/bin/python $(BENCH_ARGS)

@@ -85,7 +85,7 @@ def minilm(work: Path, rounds: int, threads: int) -> tuple[str, list[dict[str, A
               "int8 (Q/DQ, all linear layers; fails the gate)": full / "model.int8.onnx",
               "int8 (Q/DQ, FFN float: --exclude BertIntermediate --exclude BertOutput)": art / "model.int8.onnx"}
     if (art / "model.int8-cpu.onnx").exists():
-        graphs["int8-cpu (dynamic, all linear layers)"] = art / "model.int8-cpu.onnx"
+        graphs["int8-cpu (per-token u8s8, all linear layers)"] = art / "model.int8-cpu.onnx"
     return "all-MiniLM-L6-v2 (real weights)", measure(art, graphs, rounds, threads)
 
 
@@ -100,7 +100,7 @@ def qwen3(work: Path, layers: int, rounds: int, threads: int) -> tuple[str, list
     _quantize(art, QuantizeOptions(show_progress=False))
     graphs = {"fp32": art / "model.fp32.onnx", "int8 (Q/DQ, all linear layers)": art / "model.int8.onnx"}
     if (art / "model.int8-cpu.onnx").exists():
-        graphs["int8-cpu (dynamic, all linear layers)"] = art / "model.int8-cpu.onnx"
+        graphs["int8-cpu (per-token u8s8, all linear layers)"] = art / "model.int8-cpu.onnx"
     title = f"random Qwen3, 0.6B width (hidden 1024, vocab 151669), {layers} layers"
     return title, measure(art, graphs, rounds, threads)
 
