@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import random
 import statistics
@@ -222,8 +223,8 @@ def markdown(groups: list[dict[str, Any]], args: argparse.Namespace, facts: dict
              f"{date.today()}: {facts['model']}, {facts['cores']} cores, ISA: {facts['isa']}; {versions}. "
              f"{n_texts} English texts of 8-250 tokens, batches of 32, {args.threads} threads everywhere, strings "
              f"in and unit vectors out; every side in its own process, warmed up, then {args.passes} timed passes "
-             "taken in turn (median shown). The machine was shared with other work during the run: read the "
-             "ratios, which are taken within one run, rather than absolute speeds.", ""]
+             "taken in turn (median shown). Load average (1 min) when the run began: {facts['load']}; the "
+             "ratios are taken within one run, on the same inputs.", ""]
     for group in groups:
         rows = group["rows"]
         lines += [f"**{group['title']}** ({tokens[group['key']]} tokens per pass)", "",
@@ -243,6 +244,7 @@ def markdown(groups: list[dict[str, Any]], args: argparse.Namespace, facts: dict
 
 
 def main() -> int:
+    load_before = os.getloadavg()[0]  # recorded: a busy machine skews absolute speeds
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default="/tmp/bench-cpu", help="artefacts and exports, kept between runs")
     parser.add_argument("--peers-python", help="interpreter with sentence-transformers[onnx] (make bench-cpu)")
@@ -299,7 +301,8 @@ def main() -> int:
     import torch
 
     versions = f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}, Python {platform.python_version()}"
-    section = markdown(groups, args, cpu_facts(), len(texts), tokens, versions)
+    facts = {**cpu_facts(), "load": f"{load_before:.2f}"}
+    section = markdown(groups, args, facts, len(texts), tokens, versions)
     (work / "results.json").write_text(json.dumps(groups, indent=1, default=str))
     print(section)
     if args.write_docs:
