@@ -75,7 +75,7 @@ def bench_tensorrt(artefact: Path, precision: str, batches: dict, iters: int,
             batch = Batch(ids, mask, np.full(point[0], point[1]))
             results.append(_row(name, point, _time(lambda b=batch: backend.run(b), iters)))
         memory["at_largest_point_mib"] = (_cuda.memory_in_use() - baseline) / 2**20
-        memory["engine"] = backend.describe().get("engine", "?")  # type: ignore[assignment]
+        memory["engine"] = backend.describe().get("engine_key", "?")  # type: ignore[assignment]
     return results, memory
 
 

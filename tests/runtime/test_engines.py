@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from trt_fakes import FakeSlot
 
 from embedrt import Embedder
 from embedrt.backends.base import Batch
@@ -196,53 +197,11 @@ def test_tensorrt_backend_without_gpu_is_a_clear_backend_error(artefact: Path) -
         TensorRTBackend(artefact, load_manifest(artefact), BackendConfig(device="cpu")).open()
 
 
-class _FakeStream:
-    def __init__(self, slot: _FakeSlot) -> None:
-        self.slot, self.syncs = slot, 0
-
-    def synchronize(self) -> None:  # after this, nothing queued on the slot touches its buffers
-        self.syncs += 1
-        self.slot.queued = False
-
-
-class _FakeSlot:
-    """A slot without CUDA: ``submit`` computes, ``collect`` hands it over; both log to ``events``."""
-
-    def __init__(self, name: str = "slot", events: list[tuple[str, ...]] | None = None,
-                 fail_on: int | None = None) -> None:
-        self.name, self.events, self.fail_on = name, events if events is not None else [], fail_on
-        self.profile = -1
-        self.calls: list[tuple[int, int]] = []
-        self.stream = _FakeStream(self)
-        self.queued = False
-        self.pending: dict[str, np.ndarray] | None = None
-
-    def submit(self, profile: int, inputs: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
-        assert not self.queued, "a slot was reused while work queued on it could still touch its buffers"
-        ids = inputs["input_ids"]
-        if ids[0, 0] == self.fail_on:
-            raise RuntimeError("cudaErrorIllegalAddress")
-        self.profile = profile
-        self.calls.append(ids.shape)
-        self.events.append(("submit", self.name, str(ids[0, 0])))
-        self.queued = True
-        self.pending = {"sentence_embedding": ids[:, :2].astype(np.float32),
-                        "embedding_norm": ids[:, 0].astype(np.float32)}
-        return {name: value.shape for name, value in self.pending.items()}
-
-    def collect(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-        self.stream.synchronize()
-        out, self.pending = self.pending, None
-        assert out is not None and {n: v.shape for n, v in out.items()} == shapes
-        self.events.append(("collect", self.name, str(out["embedding_norm"][0].astype(int))))
-        return out
-
-
 def test_limits_and_row_splitting_follow_the_profiles(qwen3_artefact: Path) -> None:
     manifest = load_manifest(qwen3_artefact)
     backend = TensorRTBackend(qwen3_artefact, manifest, BackendConfig())
     profiles = (ProfileShape((1, 1), (4, 64), (4, 64)), ProfileShape((1, 65), (2, 100), (2, 100)))
-    slot = _FakeSlot()
+    slot = FakeSlot()
     backend._profiles, backend._pool = profiles, _Pool([slot], profiles)  # type: ignore[list-item]
     limits = backend.limits()
     assert (limits.max_batch, limits.max_sequence) == (4, 100)
@@ -258,7 +217,7 @@ def test_limits_and_row_splitting_follow_the_profiles(qwen3_artefact: Path) -> N
 def test_pool_never_runs_one_profile_twice_at_once() -> None:
     profiles = (ProfileShape((1, 1), (4, 64), (4, 64)), ProfileShape((1, 1), (4, 64), (4, 64)),
                 ProfileShape((1, 65), (2, 128), (2, 128)))
-    pool = _Pool([_FakeSlot(), _FakeSlot(), _FakeSlot()], profiles)  # type: ignore[list-item]
+    pool = _Pool([FakeSlot(), FakeSlot(), FakeSlot()], profiles)  # type: ignore[list-item]
     first = pool.acquire(2, 32)
     second = pool.acquire(2, 32)  # the copy of the short profile
     assert {first[1], second[1]} == {0, 1}
@@ -288,7 +247,7 @@ def test_unreadable_plan_is_reported_not_a_crash(artefact: Path) -> None:
             deserialize(trt, record, plan)
 
 
-def _pipelined(profiles: tuple[ProfileShape, ...], slots: list[_FakeSlot],
+def _pipelined(profiles: tuple[ProfileShape, ...], slots: list[FakeSlot],
                qwen3_artefact: Path) -> tuple[TensorRTBackend, _Pool]:
     backend = TensorRTBackend(qwen3_artefact, load_manifest(qwen3_artefact), BackendConfig())
     pool = _Pool(slots, profiles)  # type: ignore[arg-type]
@@ -316,7 +275,7 @@ def _all_within(backend: TensorRTBackend, batches: Iterator[Batch], seconds: flo
 def test_run_many_overlaps_batches_on_two_contexts(qwen3_artefact: Path) -> None:
     events: list[tuple[str, ...]] = []
     short = ProfileShape((1, 1), (4, 64), (4, 64))
-    backend, pool = _pipelined((short, short), [_FakeSlot("A", events), _FakeSlot("B", events)], qwen3_artefact)
+    backend, pool = _pipelined((short, short), [FakeSlot("A", events), FakeSlot("B", events)], qwen3_artefact)
     starts = [0, 1000, 2000, 3000]
     outs = _all_within(backend, _batches(starts, events))
     for start, out in zip(starts, outs, strict=True):  # in order, each its own batch's result
@@ -332,7 +291,7 @@ def test_run_many_on_one_profile_waits_for_itself_not_forever(qwen3_artefact: Pa
     # Two contexts but one profile: TensorRT forbids running it twice at once, so batches alternate.
     events: list[tuple[str, ...]] = []
     profile = ProfileShape((1, 1), (4, 64), (4, 64))
-    backend, pool = _pipelined((profile,), [_FakeSlot("A", events), _FakeSlot("B", events)], qwen3_artefact)
+    backend, pool = _pipelined((profile,), [FakeSlot("A", events), FakeSlot("B", events)], qwen3_artefact)
     outs = _all_within(backend, _batches([0, 100, 200], events))
     assert [o["embedding_norm"][0] for o in outs] == [0, 100, 200]
     kinds = [e[0] for e in events if e[0] != "pull"]
@@ -343,7 +302,7 @@ def test_run_many_on_one_profile_waits_for_itself_not_forever(qwen3_artefact: Pa
 def test_run_many_failure_frees_every_context(qwen3_artefact: Path) -> None:
     events: list[tuple[str, ...]] = []
     short = ProfileShape((1, 1), (4, 64), (4, 64))
-    slots = [_FakeSlot("A", events, fail_on=2000), _FakeSlot("B", events, fail_on=2000)]
+    slots = [FakeSlot("A", events, fail_on=2000), FakeSlot("B", events, fail_on=2000)]
     backend, pool = _pipelined((short, short), slots, qwen3_artefact)
     with pytest.raises(BackendError, match=r"TensorRT failed.*cudaErrorIllegalAddress"):
         list(backend.run_many(_batches([0, 1000, 2000, 3000], events)))

@@ -38,7 +38,7 @@ from ..engines import (
     read_plan,
     select_engine,
 )
-from ..errors import ArtefactError, BackendError, InvalidInputError
+from ..errors import ArtefactError, BackendError, EmbedrtError, InvalidInputError
 from ..manifest import Manifest
 from . import _cuda
 from .base import Backend, Batch, ShapeLimits
@@ -419,7 +419,7 @@ class TensorRTBackend(Backend):
                 self._collect(inflight.popleft(), pool)
             while jobs:
                 yield jobs.popleft().merged()
-        except BackendError:
+        except EmbedrtError:  # ours, or the caller's while collating a batch: a client error stays one
             raise
         except Exception as exc:  # CUDA / TensorRT binding errors
             raise BackendError(f"TensorRT failed on a batch of shape {jobs[-1].shape if jobs else '?'}: "
@@ -457,7 +457,7 @@ class TensorRTBackend(Backend):
     def describe(self) -> dict[str, str]:
         facts = {**super().describe(), "device": "cuda"}
         if self.record is not None:
-            facts["engine"] = str(self.record.key)
+            facts["engine_key"] = str(self.record.key)
             facts["profiles"] = ",".join(p.describe() for p in self._profiles)
             facts["contexts"] = str(len(self._slots))
         if self.gpu is not None:
