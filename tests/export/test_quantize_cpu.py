@@ -44,14 +44,29 @@ def test_cpu_graph_passes_gate_with_integer_kernels(quantized: tuple[str, Path])
     assert q["quantized_nodes"] == layers * LINEAR_PER_LAYER["bert" if family == "minilm" else family]
     model = _load(artefact, "int8-cpu")
     ops = [n.op_type for n in model.graph.node]
-    assert ops.count("MatMulIntegerToFloat") == q["quantized_nodes"] == q["integer_ops"]["MatMulIntegerToFloat"]
+    # Norm-fed groups (q/k/v, the FFN input) were each measured with one scale per tensor and kept
+    # only where that cost at most the tolerance: the record says which, the graph agrees.
+    granularity = q["per_tensor"]
+    assert granularity["tolerance"] == 0.0005 and len(granularity["groups"]) == 2
+    base = granularity["per_token_mean_cosine"]
+    assert cpu.parity["mean_cosine"] >= base - 0.0005
+    for group in granularity["groups"]:
+        assert group["kept"] == (group["mean_cosine"] >= base - 0.0005)
+    per_tensor = len(granularity["layers"])
+    assert per_tensor == sum(g["nodes"] for g in granularity["groups"] if g["kept"])
+    assert ops.count("DynamicQuantizeMatMul") == per_tensor == q["integer_ops"].get("DynamicQuantizeMatMul", 0)
+    assert ops.count("MatMulIntegerToFloat") == q["quantized_nodes"] - per_tensor
     inits = {i.name: i for i in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}
     for node in model.graph.node:
-        if node.op_type == "MatMulIntegerToFloat":
+        if node.op_type in ("MatMulIntegerToFloat", "DynamicQuantizeMatMul"):
             weight = inits[node.input[1]]
             assert weight.data_type == TensorProto.INT8 and np.abs(numpy_helper.to_array(weight)).max() <= 63
-            assert producers[node.input[0]].op_type == "QuantizeLinear"
+            want = "QuantizeLinear" if node.op_type == "MatMulIntegerToFloat" else "LayerNormalization"
+            if family == "qwen3":
+                want = {"MatMulIntegerToFloat": "QuantizeLinear", "DynamicQuantizeMatMul": "RMSNormalization"}[
+                    node.op_type]
+            assert producers[node.input[0]].op_type == want
     float_weights = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
     assert not float_weights, f"linear layers left in float: {float_weights[:3]}"
     assert cpu.sha256 == m.files[cpu.file] == file_sha256(artefact / cpu.file)
@@ -60,7 +75,7 @@ def test_cpu_graph_passes_gate_with_integer_kernels(quantized: tuple[str, Path])
     options.optimized_model_filepath = str(artefact.parent / f"{artefact.name}-cpu.opt.onnx")
     ort.InferenceSession(str(artefact / cpu.file), options, providers=["CPUExecutionProvider"])
     optimized = [n.op_type for n in onnx.load(options.optimized_model_filepath, load_external_data=False).graph.node]
-    assert optimized.count("MatMulIntegerToFloat") == q["quantized_nodes"]
+    assert optimized.count("MatMulIntegerToFloat") + optimized.count("DynamicQuantizeMatMul") == q["quantized_nodes"]
 
 
 def test_int8_on_cpu_picks_cpu_graph(minilm_int8: Path) -> None:
@@ -77,10 +92,14 @@ def test_int8_on_cpu_picks_cpu_graph(minilm_int8: Path) -> None:
 def test_target_cpu_replaces_only_the_cpu_graph(qwen3_int8: Path, tmp_path: Path) -> None:
     out = _copy(qwen3_int8, tmp_path / "a")
     before = _snapshot(out)
-    assert main(["quantize", str(out), "--target", "cpu", "--cpu-weight-bits", "8"]) == 0
+    flags = ["--target", "cpu", "--cpu-weight-bits", "8", "--per-tensor-tolerance", "-1"]
+    assert main(["quantize", str(out), *flags]) == 0
     m = load_manifest(out)
     q = m.graphs["int8-cpu"].quantization
     assert q["weight_bits"] == 8 and not q["saturation_free_on_avx2"]
+    # A negative tolerance: every layer per token, no per-tensor search.
+    assert q["per_tensor"] == {"tolerance": None, "groups": [], "layers": []}
+    assert "DynamicQuantizeMatMul" not in q["integer_ops"]
     int8 = m.graphs["int8"]
     assert int8 == load_manifest(qwen3_int8).graphs["int8"]
     after = _snapshot(out)
@@ -153,3 +172,45 @@ def test_per_token_skips_what_it_cannot_quantize() -> None:
     assert result.quantized == ("a",) and "b" in result.skipped
     with pytest.raises(ValueError, match="weight_bits"):
         quantize_per_token(model, ["a"], weight_bits=4)
+
+
+def _norm_fed_block() -> onnx.ModelProto:
+    """LayerNorm -> q, k (with a bias Add), v; and an FFN-like MatMul reading a GELU, not a norm."""
+    rng = np.random.default_rng(2)
+    weights = {n: rng.normal(size=(16, 8)).astype(np.float32) for n in ("wq", "wk", "wv", "wo")}
+    inits = [numpy_helper.from_array(v, k) for k, v in weights.items()]
+    inits += [numpy_helper.from_array(np.ones(16, np.float32), "gamma"),
+              numpy_helper.from_array(np.zeros(16, np.float32), "beta"),
+              numpy_helper.from_array(rng.normal(size=8).astype(np.float32), "bk")]
+    nodes = [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["h"], name="ln", axis=-1),
+             helper.make_node("MatMul", ["h", "wq"], ["q"], name="q"),
+             helper.make_node("MatMul", ["h", "wk"], ["k0"], name="k"),
+             helper.make_node("Add", ["bk", "k0"], ["k"], name="k_bias"),
+             helper.make_node("MatMul", ["h", "wv"], ["v"], name="v"),
+             helper.make_node("Gelu", ["x"], ["g"], name="gelu"),
+             helper.make_node("MatMul", ["g", "wo"], ["o"], name="o")]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B", 8]) for n in ("q", "k", "v", "o")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 16])],
+                              outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+
+
+def test_per_tensor_groups_and_fused_bias() -> None:
+    """Norm-fed layers reading one tensor form one group; a per-tensor layer folds its bias Add in."""
+    from embedrt_export.cpu_int8 import norm_fed_groups
+
+    model = _norm_fed_block()
+    roles = {"q": "l.*.attn.q", "k": "l.*.attn.k", "v": "l.*.attn.v", "o": "l.*.mlp.o"}
+    groups = norm_fed_groups(model, roles)
+    assert groups == {"attn.k + attn.q + attn.v": ("k", "q", "v")}  # o reads a GELU: per token only
+    x = np.random.default_rng(3).normal(size=(5, 16)).astype(np.float32)
+    exact = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    result = quantize_per_token(model, ["q", "k", "v", "o"], per_tensor=groups["attn.k + attn.q + attn.v"])
+    assert set(result.quantized) == {"q", "k", "v", "o"}
+    assert integer_kernels(model) == {"DynamicQuantizeMatMul": 3, "QuantizeLinear": 1, "MatMulIntegerToFloat": 1}
+    assert "k_bias" not in {n.name for n in model.graph.node}  # the bias rides in the integer GEMM
+    onnx.checker.check_model(model)
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    for want, y in zip(exact, got, strict=True):
+        assert y.shape == want.shape
+        assert np.max(np.abs(y - want)) < 0.05 * np.max(np.abs(want))

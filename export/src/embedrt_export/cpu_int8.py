@@ -28,7 +28,7 @@ else (attention score MatMuls, norms, softmax, pooling) stays float, as in the Q
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,11 +85,14 @@ def _quantize_weight(weight: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndar
     return q, scale
 
 
-def quantize_per_token(model: onnx.ModelProto, nodes: Sequence[str], weight_bits: int = 7) -> CpuInt8Result:
+def quantize_per_token(model: onnx.ModelProto, nodes: Sequence[str], weight_bits: int = 7,
+                       per_tensor: Collection[str] = ()) -> CpuInt8Result:
     """Rewrite ``nodes`` (MatMul with a 2-D float weight initializer) of ``model`` in place.
 
     ``model`` must hold its weights (loaded with external data). Nodes that do not fit (another op
     type, a weight that is not a 2-D float initializer) stay float and are listed in ``skipped``.
+    Nodes also in ``per_tensor`` get one activation scale per run instead (``DynamicQuantizeMatMul``,
+    see ``norm_fed``), with a following bias ``Add`` folded in.
     """
     if weight_bits not in (7, 8):
         raise ValueError(f"weight_bits must be 7 or 8 (got {weight_bits})")
@@ -116,7 +119,15 @@ def quantize_per_token(model: onnx.ModelProto, nodes: Sequence[str], weight_bits
             weight_users[name] = weight_users.get(name, 0) + 1
     dropped: set[str] = set()
 
+    consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    absorbed: set[str] = set()  # bias Adds folded into a DynamicQuantizeMatMul
+
+    for node in graph.node:
+        if node.name in absorbed:
+            continue
         if node.name not in wanted:
             new_nodes.append(node)
             continue
@@ -127,6 +138,23 @@ def quantize_per_token(model: onnx.ModelProto, nodes: Sequence[str], weight_bits
             continue
         k, n = (int(d) for d in weight.dims)
         x = node.input[0]
+        if node.name in per_tensor:
+            wq, wscale = _quantize_weight(numpy_helper.to_array(weight), weight_bits)
+            wq_name, ws_name = f"{weight.name}/int8", f"{weight.name}/scale"
+            graph.initializer.extend([numpy_helper.from_array(wq, wq_name),
+                                      numpy_helper.from_array(wscale, ws_name)])
+            weight_users[weight.name] -= 1
+            if weight_users[weight.name] == 0:
+                dropped.add(weight.name)
+            bias_add, bias = _bias_add(node.output[0], n, consumers, inits)
+            inputs, output = [x, wq_name, ws_name], node.output[0]
+            if bias_add is not None:
+                absorbed.add(bias_add.name)
+                inputs, output = [*inputs, "", bias], bias_add.output[0]
+            new_nodes.append(helper.make_node("DynamicQuantizeMatMul", inputs, [output], name=node.name,
+                                              domain=MS_DOMAIN))
+            done.append(node.name)
+            continue
         if x not in per_input:
             rows = b.node(new_nodes, "Reshape", [x, b.const(f"rows{k}", np.array([-1, k], np.int64))], "rows")
             # max|x| per row from the row max and min: two reads of x, no |x| tensor written.
@@ -160,6 +188,55 @@ def quantize_per_token(model: onnx.ModelProto, nodes: Sequence[str], weight_bits
     if done and not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return CpuInt8Result(tuple(done), skipped, len(per_input))
+
+
+def _bias_add(output: str, n: int, consumers: dict[str, list[onnx.NodeProto]],
+              inits: dict[str, onnx.TensorProto]) -> tuple[onnx.NodeProto | None, str]:
+    """The ``Add`` of a 1-D float bias of length ``n`` that alone reads ``output``, and the bias's name."""
+    readers = consumers.get(output, [])
+    if len(readers) != 1 or readers[0].op_type != "Add" or len(readers[0].input) != 2:
+        return None, ""
+    other = next(i for i in readers[0].input if i != output) if output in readers[0].input else ""
+    bias = inits.get(other)
+    if bias is None or list(bias.dims) != [n] or bias.data_type != TensorProto.FLOAT:
+        return None, ""
+    return readers[0], other
+
+
+_NORMS = frozenset({"LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization",
+                    "SkipLayerNormalization", "SkipSimplifiedLayerNormalization"})
+
+
+def norm_fed_groups(model: onnx.ModelProto, roles: dict[str, str]) -> dict[str, tuple[str, ...]]:
+    """Candidates for one activation scale per tensor: nodes of ``roles`` (node -> role across layers)
+    whose input comes straight out of a normalization, grouped so that the nodes reading one tensor
+    (q, k and v; gate and up) stay together: ``{"self_attn.k_proj + self_attn.q_proj + ...": nodes}``.
+
+    A normalized token has about the magnitude of every other, so one scale per tensor may lose little
+    against one per token there, and ``DynamicQuantizeMatMul`` then does the quantization, the integer
+    GEMM, the scale and the bias in one pass. Per-token scales cost an extra pass over the GEMM's output
+    (memory-bound: on MiniLM the per-token ``Mul`` and bias ``Add`` took more time than the GEMMs).
+    Only candidates: the quantizer measures each group and keeps the ones that cost no quality.
+    """
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    readers: dict[str, set[str]] = {}  # norm output -> roles reading it
+    nodes_of: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        if node.name in roles and node.input and producer.get(node.input[0]) in _NORMS:
+            readers.setdefault(node.input[0], set()).add(roles[node.name])
+            nodes_of.setdefault(roles[node.name], []).append(node.name)
+    merged: list[set[str]] = []
+    for group in readers.values():
+        overlapping = [m for m in merged if m & group]
+        for m in overlapping:
+            merged.remove(m)
+            group = group | m
+        merged.append(set(group))
+    out: dict[str, tuple[str, ...]] = {}
+    for group in merged:
+        ordered = sorted(group)
+        out[" + ".join(r.split("*.", 1)[-1] for r in ordered)] = tuple(n for r in ordered for n in nodes_of[r])
+    return out
 
 
 def integer_kernels(model: onnx.ModelProto) -> dict[str, int]:

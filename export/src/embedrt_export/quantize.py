@@ -53,6 +53,9 @@ class QuantizeOptions:
     max_auto_exclusions: int = 4  # groups the search may keep float before it gives up
     cpu_variant: bool = True  # build the int8-cpu graph (ONNX Runtime CPU)
     qdq_graph: bool = True  # build the int8 Q/DQ graph (TensorRT); --target cpu turns it off
+    # How much mean cosine a norm-fed layer group may cost, against the all-per-token graph, to get one
+    # activation scale per tensor (a fused, faster kernel); None: every layer per token (cpu_int8.py).
+    per_tensor_tolerance: float | None = 0.0005
     cpu_weight_bits: int = 7  # 7: saturation-free on every x86 CPU; 8: finer, may saturate on AVX2 (cpu_int8.py)
     batch_size: int = 8
     limit_calibration: int | None = None  # use the first N texts (tests, quick looks)
@@ -224,10 +227,10 @@ def _cpu_graph(work: _Work) -> GraphFile:
 
     options, log = work.options, work.log
     out = work.stage / "model.int8-cpu.onnx"
-    log(f"int8-cpu: per-token u8s8, {options.cpu_weight_bits}-bit weights, {len(work.cpu_plan.quantize)} linear layers")
-    report = _cpu_attempt(work, out, work.cpu_plan)
-    _log_report(log, "int8-cpu", report)
     plan, auto = work.cpu_plan, None
+    log(f"int8-cpu: per-token u8s8, {options.cpu_weight_bits}-bit weights, {len(plan.quantize)} linear layers")
+    report = _cpu_attempt(work, out, plan)
+    _log_report(log, "int8-cpu", report)
     if not report["passed"] and _search_can_help(work):
         auto = autoexclude.search(plan, report, lambda p, key: _cpu_probe(work, p, key),
                                   lambda p: _cpu_attempt(work, out, p), options.max_auto_exclusions, log)
@@ -235,6 +238,7 @@ def _cpu_graph(work: _Work) -> GraphFile:
         log(f"  int8-cpu auto-exclude {'passed' if auto.passed else 'gave up'} in {auto.record['seconds']} s")
     if not report["passed"]:
         raise QuantizationError(_cpu_failure(report, auto), report)
+    fast, granularity = _per_tensor_search(work, out, plan, report)
     feed = max(work.held.batches, key=lambda b: int(b["attention_mask"].sum()))
     fp32_tps = quality.throughput(quality.open_session(work.source), feed)
     cpu_tps = quality.throughput(quality.open_session(out), feed)
@@ -243,8 +247,11 @@ def _cpu_graph(work: _Work) -> GraphFile:
     bits = options.cpu_weight_bits
     quantization = {
         "target": "onnxruntime-cpu", "cpu_only": True,
-        "format": "per-token dynamic u8s8 (com.microsoft.MatMulIntegerToFloat)",
-        "activations": "uint8 with zero point 128 (symmetric), one scale per token, computed at run time",
+        "format": "dynamic u8s8: com.microsoft.MatMulIntegerToFloat per token"
+                  + (", com.microsoft.DynamicQuantizeMatMul per tensor after norms" if fast else ""),
+        "activations": "uint8 with zero point 128 (symmetric), one scale per token, computed at run time"
+                       + ("; inputs fed by a norm: uint8 asymmetric, one scale per tensor per run" if fast else ""),
+        "per_tensor": granularity,
         "weights": f"int8 per output channel, symmetric, {bits}-bit range [-{2 ** (bits - 1) - 1}, "
                    f"{2 ** (bits - 1) - 1}]",
         "weight_bits": bits,
@@ -269,9 +276,10 @@ def _derived(work: _Work, out: Path, key: str, report: dict[str, Any], quantizat
                    external_data=(f"{out.name}.data",), parity=report, quantization=quantization)
 
 
-def _cpu_build(work: _Work, out: Path, nodes: tuple[str, ...]) -> cpu_int8.CpuInt8Result:
+def _cpu_build(work: _Work, out: Path, nodes: tuple[str, ...], per_tensor: tuple[str, ...] = ()
+               ) -> cpu_int8.CpuInt8Result:
     model = onnx.load(str(work.source))
-    result = cpu_int8.quantize_per_token(model, nodes, work.options.cpu_weight_bits)
+    result = cpu_int8.quantize_per_token(model, nodes, work.options.cpu_weight_bits, per_tensor)
     for stale in (out, out.with_name(f"{out.name}.data")):
         stale.unlink(missing_ok=True)  # onnx appends external data to an existing file: start clean
     onnx.save_model(model, str(out), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -279,15 +287,54 @@ def _cpu_build(work: _Work, out: Path, nodes: tuple[str, ...]) -> cpu_int8.CpuIn
     return result
 
 
-def _cpu_attempt(work: _Work, out: Path, plan: int8_plan.Plan) -> dict[str, Any]:
+def _cpu_attempt(work: _Work, out: Path, plan: int8_plan.Plan, per_tensor: tuple[str, ...] = ()) -> dict[str, Any]:
     """Build the CPU graph for ``plan``, check that every planned layer became an integer GEMM, gate it."""
-    result = _cpu_build(work, out, plan.quantize)
+    result = _cpu_build(work, out, plan.quantize, per_tensor)
     onnx.checker.check_model(str(out))
     if result.skipped or len(result.quantized) != len(plan.quantize):
         first = next(iter(result.skipped.items()), ("?", "?"))
         raise QuantizationError(f"the CPU quantizer left {len(plan.quantize) - len(result.quantized)} planned layers "
                                 f"in float (e.g. {first[0]}: {first[1]})")
     return quality.compare(work.held, work.held.embed(quality.open_session(out)), work.options.gate)
+
+
+def _per_tensor_search(work: _Work, out: Path, plan: int8_plan.Plan, report: dict[str, Any]
+                       ) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """Give norm-fed layer groups one activation scale per tensor where that costs no quality.
+
+    Each group (``cpu_int8.norm_fed_groups``) is tried on top of those already taken; it is kept when
+    the graph still passes the gate and its mean cosine stays within ``per_tensor_tolerance`` of the
+    all-per-token graph's. ``out`` ends up holding the graph with the groups kept; ``report`` is
+    updated to its figures.
+    """
+    tolerance = work.options.per_tensor_tolerance
+    record: dict[str, Any] = {"tolerance": tolerance, "groups": [], "layers": []}
+    if tolerance is None:
+        return (), record
+    model = onnx.load(str(work.source), load_external_data=False)
+    groups = cpu_int8.norm_fed_groups(model, {n: int8_plan.role(plan.paths[n]) for n in plan.quantize})
+    base, kept, kept_report = report["mean_cosine"], (), None
+    record["per_token_mean_cosine"] = base
+    probe = work.stage / "probe-cpu.onnx"
+    for name, nodes in groups.items():
+        trial = kept + nodes
+        _cpu_build(work, probe, plan.quantize, trial)
+        got = quality.compare(work.held, work.held.embed(quality.open_session(probe)), work.options.gate)
+        accepted = bool(got["passed"] and got["mean_cosine"] >= base - tolerance)
+        record["groups"].append({"group": name, "nodes": len(nodes), "mean_cosine": got["mean_cosine"],
+                                 "min_cosine": got["min_cosine"], "kept": accepted})
+        work.log(f"  int8-cpu: {name} with one scale per tensor -> mean cosine {got['mean_cosine']:.5f}, "
+                 f"min {got['min_cosine']:.5f} ({'kept' if accepted else 'stays per token'})")
+        if accepted:
+            kept, kept_report = trial, got
+    if kept_report is not None:
+        _cpu_build(work, out, plan.quantize, kept)
+        report.clear()
+        report.update(kept_report)
+    for stale in (probe, probe.with_name(f"{probe.name}.data")):
+        stale.unlink(missing_ok=True)
+    record["layers"] = list(kept)
+    return kept, record
 
 
 def _cpu_probe(work: _Work, plan: int8_plan.Plan, key: str) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ def _run(args: argparse.Namespace) -> int:
         cpu_variant=args.target in ("all", "cpu") and not args.no_cpu_variant,
         qdq_graph=args.target in ("all", "tensorrt"),
         cpu_weight_bits=args.cpu_weight_bits,
+        per_tensor_tolerance=None if args.per_tensor_tolerance < 0 else args.per_tensor_tolerance,
         batch_size=args.batch_size,
     )
     quantize_artefact(args.artefact, options)
@@ -67,5 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--cpu-weight-bits", type=int, choices=(7, 8), default=7,
                    help="CPU graph weight range: 7 (default) can never saturate the AVX2 / AVX-512 u8s8 kernels, so "
                    "the gate holds on every x86 CPU; 8 is finer, exact only on VNNI / AMX CPUs")
+    p.add_argument("--per-tensor-tolerance", type=float, default=0.0005, metavar="COSINE",
+                   help="CPU graph: layers fed by a norm get one activation scale per tensor (a fused, faster "
+                   "kernel) where that lowers the held-out mean cosine by at most this much against every layer "
+                   "per token (default 0.0005; negative: every layer per token)")
     p.add_argument("--batch-size", type=int, default=8, help="calibration batch size (default 8)")
     p.set_defaults(run=_run)
