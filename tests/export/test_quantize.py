@@ -358,12 +358,13 @@ def test_int8_fp16_graph_for_tensorrt(int8_artefact: Path, tmp_path: Path) -> No
     onnx_export.save(model, converted)
     if importlib.util.find_spec("tensorrt_rtx_bindings"):  # installed in CI: the graph must build too
         from embedrt_export.trt import default_profiles, load_flavour, parse_network
+        from embedrt.engines import EngineKey
         from embedrt_export.trt.build import build_plan
 
         rtx = load_flavour("tensorrt-rtx")
         net = parse_network(rtx, converted)
-        plan, _ = build_plan(rtx, net, default_profiles(64), "89", None, None, lambda _: None)
-        assert len(plan) > 0
+        key = EngineKey(rtx.name, rtx.version, "89", "int8")
+        assert len(build_plan(rtx, net, default_profiles(64), key, None, None, lambda _: None).plan) > 0
 
     manifest = load_manifest(int8_artefact)
     records = load_records(SHIPPED["heldout"])[:48]

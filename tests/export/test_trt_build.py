@@ -48,7 +48,7 @@ TARGETS = ("89", "120")
 RECORD_FIELDS = {"key", "onnx_file", "onnx_sha256", "plan_sha256", "plan_bytes", "profiles", "build", "parity",
                  "schema_version"}
 BUILD_FIELDS = {"flavour_version", "target", "seconds", "created", "profiles_spec", "contexts", "batching", "layers",
-                "timing_cache", "built_on_gpu"}
+                "timing_cache", "built_on_gpu", "tf32"}
 
 
 def _copy(src: Path, tmp_path: Path) -> Path:
@@ -80,6 +80,7 @@ def _check_store(artefact: Path, precisions: tuple[str, ...], targets: tuple[str
         assert record.profiles == with_copies(default_profiles(manifest.max_length), CONTEXTS)
         assert record.parity is None and "ahead of time" in record.build["parity_skipped"]
         assert record.build["timing_cache"] == "not supported by tensorrt-rtx"
+        assert record.build["tf32"] is (record.key.precision != "fp32")  # FP32 engines are FP32
         assert len(read_plan(artefact, manifest, record)) == record.plan_bytes > 100_000
 
 
@@ -92,6 +93,18 @@ def test_aot_build_fp32_fp16_for_two_gpus(fixture: str, request: pytest.FixtureR
     _check_store(artefact, ("fp32", "fp16"), TARGETS)
     assert any("Building engine" in line for line in lines)  # the progress monitor reported phases
     assert not [p for p in (artefact / "engines").iterdir() if p.name.startswith(".")]
+
+
+def test_tf32_is_cleared_for_fp32_engines_only() -> None:
+    from embedrt.backends.tensorrt import make_logger
+    from embedrt_export.trt.build import configure_precision
+
+    builder = trt.Builder(make_logger(trt))
+    for precision, on in (("fp32", False), ("fp16", True), ("int8", True)):
+        config = builder.create_builder_config()
+        assert config.get_flag(trt.BuilderFlag.TF32)  # on by default, as in datacenter TensorRT
+        assert configure_precision(trt, config, precision) is on
+        assert config.get_flag(trt.BuilderFlag.TF32) is on
 
 
 @pytest.mark.parametrize("fixture", ["qwen3_artefact", "minilm_artefact"])

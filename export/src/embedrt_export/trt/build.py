@@ -111,12 +111,55 @@ def onnx_errors(parser: Any) -> list[str]:
     return lines
 
 
-def build_plan(flavour: BuilderFlavour, net: _Network, profiles: tuple[ProfileShape, ...], sm: str,
-               current_sm: str | None, timing_cache: bytes | None, log: Log) -> tuple[memoryview, bytes | None]:
-    """Serialise one plan for compute capability ``sm``; returns (plan, updated timing cache)."""
-    trt = flavour.trt
+@dataclass(frozen=True)
+class BuiltPlan:
+    """One serialised plan, the timing cache to store beside it, and what the builder config did."""
+
+    plan: memoryview
+    timing_cache: bytes | None
+    facts: dict[str, Any]  # recorded in engine.json's build: tf32, timing_cache
+
+
+def configure_precision(trt: Any, config: Any, precision: str) -> bool | None:
+    """Clear TF32 for FP32 engines; return whether TF32 is on (None: this TensorRT has no such flag).
+
+    TF32 is on by default (datacenter TensorRT on Ampere and newer, and TensorRT-RTX): FP32 matrix
+    multiplies would then run with a 10-bit mantissa, and an "FP32" engine would miss FP32's parity gate.
+    Strong typing does not turn it off. FP16 / INT8 graphs keep it for their few FP32 islands.
+    """
+    flag = getattr(getattr(trt, "BuilderFlag", None), "TF32", None)
+    if flag is None:
+        return None
+    if precision == "fp32":
+        config.clear_flag(flag)
+    return bool(config.get_flag(flag))
+
+
+def attach_timing_cache(config: Any, stored: bytes | None, log: Log) -> tuple[Any, str]:
+    """The timing cache the build tunes into, and how it came about: new, reused or replaced.
+
+    ``ignore_mismatch=False``: TensorRT refuses a cache made on another GPU model or TensorRT
+    version (timings from another device would mislead tactic choice). A refused cache is dropped for
+    a fresh one, so that what is written back afterwards is this device's, not the stale bytes.
+    """
+    cache = config.create_timing_cache(stored or b"")
+    if config.set_timing_cache(cache, False):
+        return cache, "reused" if stored else "new"
+    log("  the stored timing cache was made on another GPU model or TensorRT version and was not used; "
+        "tuning from a fresh cache, which replaces it")
+    cache = config.create_timing_cache(b"")
+    if not config.set_timing_cache(cache, False):
+        raise ExportError("TensorRT refused a fresh timing cache")
+    return cache, "replaced (the stored cache was from another GPU model or TensorRT version)"
+
+
+def build_plan(flavour: BuilderFlavour, net: _Network, profiles: tuple[ProfileShape, ...], key: EngineKey,
+               current_sm: str | None, timing_cache: bytes | None, log: Log) -> BuiltPlan:
+    """Serialise one plan for ``key``'s compute capability and precision."""
+    trt, sm = flavour.trt, key.sm
     config = net.builder.create_builder_config()
     flavour.configure_target(config, sm, current_sm)
+    facts: dict[str, Any] = {"tf32": configure_precision(trt, config, key.precision)}
     for profile in profiles:
         shape = net.builder.create_optimization_profile()
         for name in INPUTS:
@@ -125,8 +168,9 @@ def build_plan(flavour: BuilderFlavour, net: _Network, profiles: tuple[ProfileSh
             raise ExportError(f"TensorRT rejected profile {profile.describe()}")
     cache = None
     if flavour.timing_cache:
-        cache = config.create_timing_cache(timing_cache or b"")
-        config.set_timing_cache(cache, False)
+        cache, facts["timing_cache"] = attach_timing_cache(config, timing_cache, log)
+    else:
+        facts["timing_cache"] = f"not supported by {flavour.name}"
     monitor = progress_monitor(trt, log)
     if monitor is not None:
         config.progress_monitor = monitor
@@ -138,7 +182,8 @@ def build_plan(flavour: BuilderFlavour, net: _Network, profiles: tuple[ProfileSh
         why = "; ".join(net.logger.errors) or "see TensorRT's log above"
         raise ExportError(f"{flavour.name} could not build an engine for sm{sm}: {why}")
     # A view, not bytes(): a plan is as large as the weights, and a copy would double peak memory.
-    return memoryview(serialized).cast("B"), (bytes(cache.serialize()) if cache is not None else None)
+    return BuiltPlan(memoryview(serialized).cast("B"), bytes(cache.serialize()) if cache is not None else None,
+                     facts)
 
 
 def _profiles(manifest: Manifest, options: BuildOptions) -> tuple[ProfileShape, ...]:
@@ -219,9 +264,9 @@ def build_engines(artefact: str | Path, options: BuildOptions = BuildOptions(), 
                 old_cache = engine_dir(root, key) / TIMING_CACHE_NAME
                 started = time.perf_counter()
                 log(f"building {key}")
-                plan, cache = _build_attention_aware(flavour, net, profiles, sm, current_sm,
-                                                     old_cache.read_bytes() if old_cache.is_file() else None,
-                                                     notes, log)
+                built = _build_attention_aware(flavour, net, profiles, key, current_sm,
+                                               old_cache.read_bytes() if old_cache.is_file() else None, notes, log)
+                plan = built.plan
                 seconds = round(time.perf_counter() - started, 2)
                 log(f"  plan {len(plan) / 2**20:.1f} MiB in {seconds:.1f} s")
                 build = {
@@ -229,15 +274,14 @@ def build_engines(artefact: str | Path, options: BuildOptions = BuildOptions(), 
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "profiles_spec": options.profiles or "default", "contexts": options.contexts,
                     "batching": asdict(options.batching), "layers": int(net.network.num_layers),
-                    "timing_cache": "kept" if cache is not None else f"not supported by {flavour.name}",
                     "built_on_gpu": f"{gpu.name} (sm{gpu.sm})" if gpu else None,
-                    "attention": graph.attention, **notes,
+                    "attention": graph.attention, **built.facts, **notes,
                 }
                 if precision == "int8":
                     build["int8_float"] = options.int8_float
                 record = EngineRecord(key, graph.file, onnx_sha, sha256_bytes(plan), len(plan), profiles, build)
                 record = _verified(root, manifest, flavour, record, plan, options, current_sm, log)
-                extra = {TIMING_CACHE_NAME: cache} if cache else None
+                extra = {TIMING_CACHE_NAME: built.timing_cache} if built.timing_cache else None
                 write_engine(root, record, plan, extra)
                 log(f"installed {engine_dir(root, key)}")
                 installed.append(record)
@@ -290,23 +334,23 @@ def attention_layers(flavour: BuilderFlavour, network: Any) -> list[Any]:
     return found
 
 
-def _build_attention_aware(flavour: BuilderFlavour, net: _Network, profiles: tuple[ProfileShape, ...], sm: str,
-                           current_sm: str | None, timing_cache: bytes | None, notes: dict[str, Any],
-                           log: Log) -> tuple[memoryview, bytes | None]:
+def _build_attention_aware(flavour: BuilderFlavour, net: _Network, profiles: tuple[ProfileShape, ...],
+                           key: EngineKey, current_sm: str | None, timing_cache: bytes | None,
+                           notes: dict[str, Any], log: Log) -> BuiltPlan:
     """``build_plan``; where TensorRT has no dedicated attention kernel for the graph's dtype or shape
     (FP32 attention, for one), mark the attention layers decomposable and build again."""
     try:
-        return build_plan(flavour, net, profiles, sm, current_sm, timing_cache, log)
+        return build_plan(flavour, net, profiles, key, current_sm, timing_cache, log)
     except ExportError as exc:
         layers = attention_layers(flavour, net.network)
         if "decomposable" not in str(exc) or not layers or all(a.decomposable for a in layers):
             raise
         for attention in layers:
             attention.decomposable = True
-        log(f"  no dedicated attention kernel for this graph on sm{sm}: {len(layers)} attention layers marked "
+        log(f"  no dedicated attention kernel for this graph on sm{key.sm}: {len(layers)} attention layers marked "
             "decomposable (TensorRT runs them as separate matrix multiplies and softmax)")
         notes["attention_decomposed"] = True
-        return build_plan(flavour, net, profiles, sm, current_sm, timing_cache, log)
+        return build_plan(flavour, net, profiles, key, current_sm, timing_cache, log)
 
 
 def _verified(root: Path, manifest: Manifest, flavour: BuilderFlavour, record: EngineRecord, plan: bytes,
@@ -326,5 +370,5 @@ def _verified(root: Path, manifest: Manifest, flavour: BuilderFlavour, record: E
     return replace(record, parity=report)
 
 
-__all__ = ["BuildOptions", "attention_layers", "build_engines", "build_plan", "current_gpu", "onnx_errors",
-           "parse_network"]
+__all__ = ["BuildOptions", "BuiltPlan", "attach_timing_cache", "attention_layers", "build_engines", "build_plan",
+           "configure_precision", "current_gpu", "onnx_errors", "parse_network"]
