@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -59,8 +60,12 @@ class _Reference:
         from transformers import AutoModel, AutoTokenizer
 
         self.spec = spec
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModel.from_pretrained(model_dir, attn_implementation="eager", dtype=torch.float32).eval()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        except Exception as exc:  # whatever transformers trips over in the user's files, said in one line
+            raise ExportError(f"transformers cannot load the tokenizer in {model_dir}: {_first_line(exc)}") from exc
+        self.model = load_weights(lambda **kw: AutoModel.from_pretrained(
+            model_dir, attn_implementation="eager", dtype=torch.float32, **kw), model_dir).eval()
 
     def tokenize(self, texts: Sequence[str], side: str) -> parity.Encoded:
         self.tokenizer.padding_side = side
@@ -104,6 +109,49 @@ class _Reference:
         return np.stack(rows).astype(np.float32)
 
 
+# Weights a checkpoint may lack or carry without changing the embedding: BERT's pooler (we pool
+# last_hidden_state ourselves) and task heads of a *ForMaskedLM / *ForCausalLM / classifier checkpoint.
+_UNUSED_MISSING = ("pooler.",)
+_UNUSED_EXTRA = ("lm_head.", "cls.", "classifier.", "score.", "qa_outputs.", "pooler.")
+
+
+def load_weights(load: Callable[..., Any], model_dir: Path) -> Any:
+    """``load(**kw)`` is ``from_pretrained``; refuse a checkpoint whose weights do not cover the model.
+
+    transformers fills missing weights with random values and only logs it: an export would pass
+    parity (the reference has the same random weights) and ship a partly random model.
+    """
+    quiet = logging.getLogger("transformers.modeling_utils")  # its load report: we say it in one line
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        model, info = load(output_loading_info=True, ignore_mismatched_sizes=True)
+    except Exception as exc:  # a missing weights file, an impossible config: one line, not a traceback
+        raise ExportError(f"transformers cannot load the model in {model_dir}: {_first_line(exc)}") from exc
+    finally:
+        quiet.setLevel(level)
+    missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(_UNUSED_MISSING))
+    extra = sorted(k for k in info.get("unexpected_keys", ()) if not k.startswith(_UNUSED_EXTRA))
+    mismatched = sorted(f"{k[0]} (checkpoint {tuple(k[1])}, model {tuple(k[2])})" if isinstance(k, tuple) else str(k)
+                        for k in info.get("mismatched_keys", ()))
+    problems = [f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})"
+                for what, keys in (("weights missing from the checkpoint, which transformers would fill with "
+                                    "random values", missing),
+                                   ("checkpoint weights the model has no place for", extra),
+                                   ("weights of the wrong shape", mismatched)) if keys]
+    problems += [str(m) for m in info.get("error_msgs", ())]
+    if problems:
+        raise ExportError(f"the weights in {model_dir} do not match its config.json: {'; '.join(problems)}. "
+                          "Check that config.json (num_hidden_layers, hidden_size, ...) belongs to these weights, "
+                          "or re-save the checkpoint with save_pretrained()")
+    return model
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {' '.join(lines[:2]) or 'no message'}"
+
+
 def _ort_runner(path: Path) -> Callable[[parity.Encoded], np.ndarray]:
     import onnxruntime as ort
 
@@ -138,8 +186,16 @@ def export_model(
     if bad or not options.dtypes:
         raise ExportError(f"--dtype must be among {', '.join(DTYPES)} (got {', '.join(bad) or 'nothing'})")
     started = time.perf_counter()
+    # The output first: an unusable --out must fail before hours of export work, not after them.
+    with staging_dir(Path(out), options.overwrite) as stage:
+        manifest = _export(stage, model, options, log, started)
+    log(f"wrote {Path(out)} in {time.perf_counter() - started:.1f} s")
+    return manifest
+
+
+def _export(stage: Path, model: str, options: ExportOptions, log: Callable[[str], None], started: float) -> Manifest:
     model_dir, revision = resolve_model_dir(model, options.revision)
-    spec = detect_spec(model_dir, options.max_length)
+    spec = _spec(model_dir, options.max_length)
     forms = _forms(spec, options.attention)
     log(f"model: {model_dir} ({spec.architecture}, hidden {spec.hidden_size}, pooling {spec.pooling}, "
         f"max length {spec.max_length}); graphs: {' + '.join(forms)} attention")
@@ -152,33 +208,40 @@ def export_model(
     reference = ref.embed_alone(texts)
     gate = _Gate(texts, reference, ref.tokenize, long_index, log)
 
-    with staging_dir(Path(out), options.overwrite) as stage:
-        written: dict[str, dict[str, GraphFile]] = {}
-        for form in forms:
-            main = None if form == forms[0] else written[forms[0]]
-            written[form] = _export_form(stage, ref, spec, options, form, gate, main, log)
-        ref.model = None
-        gc.collect()
-        if "fp32" not in options.dtypes:  # FP32 was only the source of the FP16 conversion
-            for form_graphs in written.values():
-                fp32 = form_graphs.pop("fp32")
-                (stage / fp32.file).unlink()
-                own = stage / f"{fp32.file}.data"
-                own.unlink(missing_ok=True)
-        graphs = written[forms[0]]
-        twins = written.get("eager", {}) if forms[0] != "eager" else {}
-        names = sorted({n for g in [*graphs.values(), *twins.values()] for n in (g.file, *g.external_data)})
-        files = checksums(stage, names)
-        graphs = {k: replace(g, sha256=files[g.file]) for k, g in graphs.items()}
-        twins = {k: replace(g, sha256=files[g.file]) for k, g in twins.items()}
-        for name in spec.tokenizer_files:
-            shutil.copy2(model_dir / name, stage / name)
-        files.update(checksums(stage, list(spec.tokenizer_files)))
-        manifest = _manifest(spec, options, model, model_dir, revision, graphs, files, started, forms)
-        manifest = replace(manifest, eager_graphs=twins)
-        (stage / "manifest.json").write_text(manifest.to_json(), encoding="utf-8")
-    log(f"wrote {Path(out)} in {time.perf_counter() - started:.1f} s")
+    written: dict[str, dict[str, GraphFile]] = {}
+    for form in forms:
+        main = None if form == forms[0] else written[forms[0]]
+        written[form] = _export_form(stage, ref, spec, options, form, gate, main, log)
+    ref.model = None
+    gc.collect()
+    if "fp32" not in options.dtypes:  # FP32 was only the source of the FP16 conversion
+        for form_graphs in written.values():
+            fp32 = form_graphs.pop("fp32")
+            (stage / fp32.file).unlink()
+            own = stage / f"{fp32.file}.data"
+            own.unlink(missing_ok=True)
+    graphs = written[forms[0]]
+    twins = written.get("eager", {}) if forms[0] != "eager" else {}
+    names = sorted({n for g in [*graphs.values(), *twins.values()] for n in (g.file, *g.external_data)})
+    files = checksums(stage, names)
+    graphs = {k: replace(g, sha256=files[g.file]) for k, g in graphs.items()}
+    twins = {k: replace(g, sha256=files[g.file]) for k, g in twins.items()}
+    for name in spec.tokenizer_files:
+        shutil.copy2(model_dir / name, stage / name)
+    files.update(checksums(stage, list(spec.tokenizer_files)))
+    manifest = _manifest(spec, options, model, model_dir, revision, graphs, files, started, forms)
+    manifest = replace(manifest, eager_graphs=twins)
+    (stage / "manifest.json").write_text(manifest.to_json(), encoding="utf-8")
     return manifest
+
+
+def _spec(model_dir: Path, max_length: int | None) -> ModelSpec:
+    try:
+        return detect_spec(model_dir, max_length)
+    except (KeyError, TypeError, ValueError) as exc:  # a config.json field missing or of the wrong type
+        detail = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ExportError(f"the configuration in {model_dir} does not describe a usable model ({detail}); "
+                          "fix config.json or re-save the checkpoint with save_pretrained()") from exc
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
-from .errors import SourceNotFoundError
+from .errors import ExportError, SourceNotFoundError
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
@@ -17,10 +18,25 @@ def resolve_model_dir(model: str, revision: str | None = None) -> tuple[Path, st
     if path.exists():
         if not (path / "config.json").is_file():
             raise SourceNotFoundError(f"{path} has no config.json: pass a Hugging Face model directory")
-        return path.resolve(), None
-    if model.startswith((".", "/", "~")) or os.sep in model.strip("/").replace("/", "", 1):
+        resolved: tuple[Path, str | None] = (path.resolve(), None)
+    elif model.startswith((".", "/", "~")) or os.sep in model.strip("/").replace("/", "", 1):
         raise SourceNotFoundError(f"no such directory: {model}")
-    return _download(model, revision)
+    else:
+        resolved = _download(model, revision)
+    _check_config(resolved[0] / "config.json")
+    return resolved
+
+
+def _check_config(path: Path) -> None:
+    """config.json must be a readable JSON object; say where it is broken instead of a traceback later."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ExportError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ExportError(f"{path} must hold a JSON object, not {type(config).__name__}")
 
 
 def _download(repo_id: str, revision: str | None) -> tuple[Path, str | None]:
