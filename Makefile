@@ -31,7 +31,18 @@ $(LEAN)/.installed: runtime/pyproject.toml
 $(LEAN_ARTEFACT)/reference.json: $(STAMP) scripts/make_test_artefact.py $(wildcard export/src/embedrt_export/*.py)
 	$(PY) scripts/make_test_artefact.py $(LEAN_ARTEFACT)
 
-test: $(STAMP) $(LEAN)/.installed $(LEAN_ARTEFACT)/reference.json
+# Datacenter TensorRT's Python bindings (10.x and 11.x, about 1 MB each, no -libs) with stand-in libraries
+# built by the C compiler, for the contract test (tests/export/test_trt_contract.py): fetched here, during
+# setup, so that nothing is downloaded at test time. The wheels are per Python version: redone with the venv.
+TRT_BINDINGS := build/trt-bindings
+TRT_BINDINGS_VERSIONS := 10.0.1 11.4.0.106
+
+$(TRT_BINDINGS)/.prepared: $(STAMP) tests/export/trt_bindings.py
+	rm -rf $(TRT_BINDINGS)
+	$(PY) tests/export/trt_bindings.py prepare $(TRT_BINDINGS) $(TRT_BINDINGS_VERSIONS)
+	touch $@
+
+test: $(STAMP) $(LEAN)/.installed $(LEAN_ARTEFACT)/reference.json $(TRT_BINDINGS)/.prepared
 	$(PY) -m ruff check runtime export tests scripts
 	$(PY) -m pytest -q
 	EMBEDRT_LEAN_ENV=1 EMBEDRT_LEAN_ARTEFACT=$(LEAN_ARTEFACT)/artefact \
@@ -47,7 +58,7 @@ typecheck: $(STAMP)
 	$(PY) -m mypy
 
 clean:
-	rm -rf $(VENV) $(LEAN) $(PEERS) $(LEAN_ARTEFACT) .pytest_cache
+	rm -rf $(VENV) $(LEAN) $(PEERS) $(LEAN_ARTEFACT) $(TRT_BINDINGS) .pytest_cache
 
 # Benchmark peers (sentence-transformers with its ONNX / dynamic INT8 exports through optimum-onnx, which
 # needs transformers < 4.58): their own environment, so the project's pins and `make test` stay as they are.

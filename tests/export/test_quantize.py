@@ -357,8 +357,8 @@ def test_int8_fp16_graph_for_tensorrt(int8_artefact: Path, tmp_path: Path) -> No
     converted = tmp_path / "model.int8fp16.onnx"
     onnx_export.save(model, converted)
     if importlib.util.find_spec("tensorrt_rtx_bindings"):  # installed in CI: the graph must build too
-        from embedrt_export.trt import default_profiles, load_flavour, parse_network
         from embedrt.engines import EngineKey
+        from embedrt_export.trt import default_profiles, load_flavour, parse_network
         from embedrt_export.trt.build import build_plan
 
         rtx = load_flavour("tensorrt-rtx")
