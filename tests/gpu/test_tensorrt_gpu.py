@@ -7,6 +7,7 @@ NVIDIA GPU, no cuda-python, or no TensorRT flavour that can build for this GPU.
 from __future__ import annotations
 
 import shutil
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,42 @@ def test_parity_with_onnxruntime(built: tuple[Path, Any], precision: str, thresh
         assert cos.min() >= threshold, cos
 
 
+def cuda_graphs_missing(trt: Any) -> str | None:
+    """Why this TensorRT cannot capture CUDA graphs, or None. Only TensorRT-RTX has the switch
+    (``CudaGraphStrategy``, ``IRuntimeConfig.cuda_graph_strategy``); datacenter TensorRT 10 / 11 have neither."""
+    if hasattr(trt, "CudaGraphStrategy") and hasattr(getattr(trt, "IRuntimeConfig", None), "cuda_graph_strategy"):
+        return None
+    return (f"TensorRT {trt.__version__} has no CUDA-graph capture (CudaGraphStrategy and "
+            "IRuntimeConfig.cuda_graph_strategy exist only in TensorRT-RTX); the backend refuses cuda_graphs there")
+
+
+def test_only_tensorrt_rtx_offers_cuda_graphs() -> None:  # no GPU needed: decides the skip below
+    datacenter = types.ModuleType("tensorrt")  # datacenter TensorRT 10.0-11.4 (tests/export/test_trt_contract.py)
+    datacenter.__version__ = "11.4.0.106"  # type: ignore[attr-defined]
+    assert "has no CUDA-graph capture" in str(cuda_graphs_missing(datacenter))
+    rtx = pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX is not installed")
+    assert cuda_graphs_missing(rtx) is None
+
+
+def _flavour_module(records: Any) -> Any:
+    return installed_flavours()[records[0].key.flavour]
+
+
+def test_cuda_graphs_are_refused_where_tensorrt_has_none(built: tuple[Path, Any]) -> None:
+    artefact, records = built
+    if cuda_graphs_missing(_flavour_module(records)) is None:
+        pytest.skip(f"{records[0].key.flavour} captures CUDA graphs: test_cuda_graphs_give_the_same_embeddings runs")
+    from embedrt.config import BackendConfig
+
+    with pytest.raises(BackendError, match="turn cuda_graphs off"):
+        Embedder.load(artefact, "tensorrt", precision="fp16", backend_config=BackendConfig(cuda_graphs=True))
+
+
 def test_cuda_graphs_give_the_same_embeddings(built: tuple[Path, Any]) -> None:
-    artefact, _ = built
+    artefact, records = built
+    missing = cuda_graphs_missing(_flavour_module(records))
+    if missing is not None:
+        pytest.skip(missing)
     from embedrt.config import BackendConfig
 
     with Embedder.load(artefact, "tensorrt", precision="fp16") as plain, \
