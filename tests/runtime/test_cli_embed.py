@@ -73,3 +73,69 @@ def test_runs_as_a_command(qwen3_artefact: Path) -> None:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout)["data"][0]["embedding"]) == 64
+
+
+def test_txt_lines_split_on_newline_only(qwen3_artefact: Path, qwen3: Embedder, tmp_path: Path) -> None:
+    """U+2028, U+0085 and a form feed are text, not line breaks; CRLF ends a line like LF; a BOM is no text."""
+    texts = ["one\u2028still one", "two\x0cstill two", "three\x85still three", "", "five"]
+    src = tmp_path / "in.txt"
+    src.write_bytes(("\ufeff" + "\r\n".join(texts[:3]) + "\n\n" + texts[4] + "\r\n").encode())
+    out = tmp_path / "out.npy"
+    assert main(["embed", str(qwen3_artefact), "--input", str(src), "--output", str(out)]) == 0
+    np.testing.assert_allclose(np.load(out), qwen3.embed(texts), atol=1e-6)
+
+
+def test_non_utf8_input_names_file_and_line(qwen3_artefact: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("in.txt", "in.jsonl"):
+        src = tmp_path / name
+        src.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
+        assert main(["embed", str(qwen3_artefact), "--input", str(src)]) == 2
+        err = capsys.readouterr().err
+        assert f"{src}:2 is not UTF-8 text (byte 0xe9" in err and "Traceback" not in err
+
+
+def test_input_from_stdin(qwen3_artefact: Path, qwen3: Embedder, monkeypatch: pytest.MonkeyPatch,
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"alpha\r\nbeta\n")))
+    assert main(["embed", str(qwen3_artefact), "--input", "-"]) == 0
+    got = np.array([row["embedding"] for row in json.loads(capsys.readouterr().out)["data"]], dtype=np.float32)
+    np.testing.assert_allclose(got, qwen3.embed(["alpha", "beta"]), atol=1e-6)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b'{"text": "alpha"}\n')))
+    assert main(["embed", str(qwen3_artefact), "--input", "-", "--input-format", "jsonl"]) == 0
+    got = np.array(json.loads(capsys.readouterr().out)["data"][0]["embedding"], dtype=np.float32)
+    np.testing.assert_allclose(got, qwen3.embed(["alpha"])[0], atol=1e-6)
+
+
+def test_unwritable_output_fails_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The artefact path does not exist: an error about --output proves it came before loading."""
+    missing_artefact = str(tmp_path / "no-artefact")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    (tmp_path / "a-dir.npy").mkdir()
+    for output, says in ((tmp_path / "no-dir" / "out.npy", "does not exist"),
+                         (blocker / "out.npy", "Not a directory"),
+                         (tmp_path / "a-dir.npy", "is a directory")):
+        assert main(["embed", missing_artefact, "x", "--output", str(output)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("embedrt embed: error: cannot write --output ") and says in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-dir.npy", "a-file"]  # nothing left behind
+
+
+def test_failed_run_keeps_an_existing_output(tmp_path: Path, qwen3_artefact: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    out.write_text("previous\n")
+    assert main(["embed", str(qwen3_artefact), "x", "--dimensions", "7", "--output", str(out)]) == 2
+    assert out.read_text() == "previous\n" and [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
+
+
+def test_closed_stdout_exits_quietly(qwen3_artefact: Path) -> None:
+    """`embedrt embed ... | head -c 10`: the reader goes away; no traceback, exit 141 like other tools."""
+    proc = subprocess.Popen([sys.executable, "-m", "embedrt.cli", "embed", str(qwen3_artefact), *["word"] * 200],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the first byte: the write must meet a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err

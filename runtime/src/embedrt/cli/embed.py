@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -19,13 +20,32 @@ CHUNK = 256  # texts per call: bounds memory and drives the progress bar
 PROGRESS_OVER = 300  # a progress bar only when a file has more lines than this
 
 
-def read_texts(path: Path) -> list[str]:
-    """One text per line (.txt), or one JSON object with a "text" field per line (.jsonl)."""
+def _lines(data: bytes, source: str) -> list[str]:
+    """Lines split on LF only (CRLF too): U+2028, U+0085 or a form feed inside a text stay in it."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = data.decode("utf-8-sig")  # a leading BOM is an encoding mark, not text
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InvalidInputError(f"{source}:{line} is not UTF-8 text (byte 0x{data[exc.start]:02x}); "
+                                "convert the file to UTF-8") from exc
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last line starts no new one
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def read_texts(path: Path | None, kind: str | None = None) -> list[str]:
+    """One text per line (txt), or one JSON object with a "text" field per line (jsonl).
+
+    ``path`` None reads standard input; ``kind`` None picks by suffix (.jsonl, else txt).
+    """
+    source = str(path) if path is not None else "<stdin>"
+    try:
+        data = sys.stdin.buffer.read() if path is None else path.read_bytes()
     except OSError as exc:
-        raise InvalidInputError(f"cannot read {path}: {exc}") from exc
-    if path.suffix != ".jsonl":
+        raise InvalidInputError(f"cannot read {source}: {exc.strerror or exc}") from exc
+    lines = _lines(data, source)
+    if (kind or ("jsonl" if path is not None and path.suffix == ".jsonl" else "txt")) == "txt":
         return lines
     texts = []
     for number, line in enumerate(lines, start=1):
@@ -34,9 +54,9 @@ def read_texts(path: Path) -> list[str]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise InvalidInputError(f"{path}:{number} is not JSON ({exc.msg})") from exc
+            raise InvalidInputError(f"{source}:{number} is not JSON ({exc.msg})") from exc
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise InvalidInputError(f'{path}:{number} needs a "text" field holding a string')
+            raise InvalidInputError(f'{source}:{number} needs a "text" field holding a string')
         texts.append(record["text"])
     return texts
 
@@ -57,27 +77,44 @@ def _progress(total: int) -> Any:
     return tqdm(total=total, unit="text", file=sys.stderr)
 
 
-def write_vectors(path: Path, vectors: np.ndarray) -> None:
-    if path.suffix == ".npy":
-        np.save(path, vectors)
-        return
-    if path.suffix != ".jsonl":
-        raise InvalidInputError(f"--output must end in .npy or .jsonl, got {path.name}")
-    with path.open("w", encoding="utf-8") as out:
-        for i, row in enumerate(vectors):
-            out.write(json.dumps({"index": i, "embedding": row.tolist()}) + "\n")
+class _Output:
+    """``--output``, opened before any work: a temporary sibling, renamed over the path at the end.
+
+    Opening it first turns a missing directory or an unwritable place into an error before the model
+    loads; the rename means a failed or interrupted run leaves an existing file as it was.
+    """
+
+    def __init__(self, path: Path) -> None:
+        if path.suffix not in (".npy", ".jsonl"):
+            raise InvalidInputError(f"--output must end in .npy or .jsonl, got {path.name}")
+        if path.is_dir():
+            raise InvalidInputError(f"cannot write --output {path}: it is a directory")
+        self.path = path
+        self._tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            self._file = self._tmp.open("wb")
+        except FileNotFoundError as exc:
+            raise InvalidInputError(f"cannot write --output {path}: directory {path.parent} does not exist") from exc
+        except OSError as exc:
+            raise InvalidInputError(f"cannot write --output {path}: {exc.strerror or exc}") from exc
+
+    def write(self, vectors: np.ndarray) -> None:
+        if self.path.suffix == ".npy":
+            np.save(self._file, vectors)
+        else:
+            for i, row in enumerate(vectors):
+                self._file.write((json.dumps({"index": i, "embedding": row.tolist()}) + "\n").encode())
+        self._file.close()
+        os.replace(self._tmp, self.path)
+
+    def discard(self) -> None:
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _embed_all(args: argparse.Namespace, texts: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
     from ..embedder import Embedder
 
-    texts = list(args.texts)
-    if args.input:
-        texts += read_texts(Path(args.input))
-    if not texts:
-        raise InvalidInputError("nothing to embed: give TEXT arguments or --input FILE")
-    if args.output and Path(args.output).suffix not in (".npy", ".jsonl"):
-        raise InvalidInputError(f"--output must end in .npy or .jsonl, got {args.output}")
     options = {"dimensions": args.dimensions}
     config = BackendConfig(attention=args.attention)
     with Embedder.load(args.artefact, args.backend, precision=args.precision, backend_config=config) as embedder:
@@ -90,17 +127,32 @@ def _run(args: argparse.Namespace) -> int:
                     parts.append(embedder.embed_documents(chunk, **options))
                 if bar is not None:
                     bar.update(len(chunk))
-        vectors = np.concatenate(parts)
-        if args.output:
-            write_vectors(Path(args.output), vectors)
-            print(f"wrote {len(vectors)} x {vectors.shape[1]} embeddings to {args.output}", file=sys.stderr)
-            return 0
-        info = embedder.info()
-        json.dump({"model": info["name"], "backend": info["backend"], "precision": info["precision"],
-                   "dimensions": int(vectors.shape[1]),
-                   "data": [{"index": i, "embedding": row.tolist()} for i, row in enumerate(vectors)]},
-                  sys.stdout)
-        sys.stdout.write("\n")
+        return np.concatenate(parts), embedder.info()
+
+
+def _run(args: argparse.Namespace) -> int:
+    texts = list(args.texts)
+    if args.input:
+        texts += read_texts(None if args.input == "-" else Path(args.input), args.input_format)
+    if not texts:
+        raise InvalidInputError("nothing to embed: give TEXT arguments or --input FILE (- for standard input)")
+    output = _Output(Path(args.output)) if args.output else None  # before any work: fail early
+    try:
+        vectors, info = _embed_all(args, texts)
+        if output is not None:
+            output.write(vectors)
+    except BaseException:
+        if output is not None:
+            output.discard()
+        raise
+    if output is not None:
+        print(f"wrote {len(vectors)} x {vectors.shape[1]} embeddings to {args.output}", file=sys.stderr)
+        return 0
+    json.dump({"model": info["name"], "backend": info["backend"], "precision": info["precision"],
+               "dimensions": int(vectors.shape[1]),
+               "data": [{"index": i, "embedding": row.tolist()} for i, row in enumerate(vectors)]},
+              sys.stdout)
+    sys.stdout.write("\n")
     return 0
 
 
@@ -110,7 +162,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        "vectors are printed as one JSON document.")
     p.add_argument("artefact", help="artefact directory written by `embedrt export`")
     p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to embed")
-    p.add_argument("--input", metavar="FILE", help="texts, one per line (.txt) or JSON lines with a text field")
+    p.add_argument("--input", metavar="FILE", help="texts, one per line (split on LF or CRLF only), or JSON lines "
+                   "with a text field (.jsonl); - reads standard input; UTF-8")
+    p.add_argument("--input-format", choices=("txt", "jsonl"),
+                   help="how to read --input (default: jsonl for a .jsonl file, else txt)")
     p.add_argument("--output", metavar="FILE", help="write .npy (float32 [n, d]) or .jsonl instead of stdout")
     p.add_argument("--query", action="store_true", help="embed as queries with the model's default task")
     p.add_argument("--query-task", metavar="TASK", help="embed as queries with this task (instruction models)")
