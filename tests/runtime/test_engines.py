@@ -314,3 +314,21 @@ def test_run_many_failure_frees_every_context(qwen3_artefact: Path) -> None:
     outputs.close()
     assert len(pool.free) == 2 and not pool.busy
     assert backend.run(next(_batches([5000], events)))["embedding_norm"].tolist() == [5000, 5032]
+
+
+def test_device_model_note_only_for_datacenter_plans_from_another_model() -> None:
+    from embedrt.engines import device_model_note
+
+    def record(flavour: str, built_on: str | None) -> EngineRecord:
+        version = "10.13.0.35" if flavour == "tensorrt" else RTX
+        return EngineRecord(EngineKey(flavour, version, "90", "fp16"), "model.fp16.onnx", "0" * 64, "0" * 64, 1,
+                            PROFILES, {"built_on_gpu": built_on})
+
+    note = device_model_note(record("tensorrt", "NVIDIA H100 PCIe (sm90)"), "NVIDIA H200")
+    assert note is not None and "built and checked on NVIDIA H100 PCIe" in note and "NVIDIA H200" in note
+    assert "--target sm90 --flavour tensorrt" in note
+    assert device_model_note(record("tensorrt", "NVIDIA H200 (sm90)"), "NVIDIA H200") is None
+    # TensorRT-RTX finishes its kernels for the GPU it loads on; AOT plans were built with no GPU at all.
+    assert device_model_note(record("tensorrt-rtx", "NVIDIA RTX A6000 (sm86)"), "NVIDIA RTX 3090") is None
+    assert device_model_note(record("tensorrt-rtx", None), "NVIDIA RTX 3090") is None
+    assert device_model_note(record("tensorrt", None), "NVIDIA H200") is None  # an older record: nothing to compare

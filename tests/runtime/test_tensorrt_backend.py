@@ -3,6 +3,8 @@ what it says about an engine built on another GPU model. CUDA and TensorRT are f
 
 from __future__ import annotations
 
+import logging
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,3 +67,36 @@ def test_binding_failures_are_still_backend_errors(qwen3_artefact: Path) -> None
         list(backend.run_many([_batch(1, 8)]))
 
 
+
+
+def _record(flavour: str, built_on: str | None) -> EngineRecord:
+    key = EngineKey(flavour, "10.13.0.35" if flavour == "tensorrt" else "1.7.1.116", "90", "fp16")
+    return EngineRecord(key, "model.fp16.onnx", "0" * 64, "0" * 64, 1, (PROFILE,), {"built_on_gpu": built_on})
+
+
+def test_a_plan_from_another_gpu_model_is_named_on_open(qwen3_artefact: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    from embedrt.backends import _cuda
+    from embedrt.backends import tensorrt as module
+
+    record = _record("tensorrt", "NVIDIA H100 PCIe (sm90)")
+    monkeypatch.setattr(module, "installed_flavours", lambda: {"tensorrt": types.SimpleNamespace(__version__="10")})
+    monkeypatch.setattr(_cuda, "gpu_info", lambda index: _cuda.GpuInfo(0, "NVIDIA H200", "90", 141 << 30))
+    monkeypatch.setattr(_cuda, "set_device", lambda index: None)
+    monkeypatch.setattr(module, "select_engine", lambda artefact, manifest, wanted: record)
+    monkeypatch.setattr(module, "read_plan", lambda artefact, manifest, record: b"plan")
+    loaded: list[EngineRecord] = []
+
+    def load(self: TensorRTBackend, trt: object, record: EngineRecord, plan: bytes) -> None:
+        self.record, self._engine = record, object()
+        loaded.append(record)
+
+    monkeypatch.setattr(TensorRTBackend, "_load", load)
+    backend = TensorRTBackend(qwen3_artefact, load_manifest(qwen3_artefact), BackendConfig())
+    with caplog.at_level(logging.WARNING, logger="embedrt.backends.tensorrt"):
+        backend.open()
+    assert loaded == [record]  # a warning, not a refusal: TensorRT itself loads such plans
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "NVIDIA H100 PCIe" in warned[0] and "NVIDIA H200" in warned[0], warned
+    assert "embedrt build" in warned[0]
+    assert backend.describe()["engine_warning"] == warned[0]

@@ -213,6 +213,28 @@ def select_engine(artefact: Path, manifest: Manifest, wanted: Wanted) -> EngineR
     )
 
 
+def device_model_note(record: EngineRecord, gpu_name: str, artefact: Path | str = "ARTEFACT") -> str | None:
+    """A warning when a datacenter TensorRT plan was built, and checked, on another GPU model than this.
+
+    TensorRT guarantees a plan only on the device model it was built on: another model of the same
+    compute capability (an H100 PCIe plan on an H200) deserialises with TensorRT's "different models
+    of devices" warning, and may run slower or fail. The runtime warns rather than refuses, since
+    TensorRT itself loads such plans and driver names vary for one GPU, and names the rebuild command.
+    TensorRT-RTX plans (built ahead of time without a GPU, kernels finished on the GPU they load on)
+    and records without ``built_on_gpu`` have no model to compare.
+    """
+    built_on = record.build.get("built_on_gpu")
+    if record.key.flavour != "tensorrt" or not built_on:
+        return None
+    name = str(built_on).rpartition(" (sm")[0] or str(built_on)  # recorded as "<name> (sm<cc>)"
+    if name.strip() == gpu_name.strip():
+        return None
+    rebuild = build_command(Path(artefact), record.key.precision, record.key.sm, record.key.flavour)
+    return (f"engine {record.key} was built and checked on {name}, not on this {gpu_name}: TensorRT guarantees a "
+            f"plan only on the GPU model it was built on (it may run slower or fail here); rebuild it on this GPU "
+            f"with `{rebuild}`")
+
+
 def check_record(artefact: Path, manifest: Manifest, record: EngineRecord) -> None:
     """The engine must come from the ONNX graph the manifest names now, not an older export."""
     graph = manifest.graph(record.key.precision)
@@ -278,6 +300,7 @@ __all__ = [
     "Wanted",
     "build_command",
     "check_record",
+    "device_model_note",
     "engine_dir",
     "engines_root",
     "list_engines",

@@ -34,6 +34,7 @@ from ..engines import (
     EngineRecord,
     ProfileShape,
     Wanted,
+    device_model_note,
     engine_dir,
     read_plan,
     select_engine,
@@ -246,6 +247,7 @@ class TensorRTBackend(Backend):
         self._slots: list[_Slot] = []
         self._pool: _Pool | None = None
         self._profiles: tuple[ProfileShape, ...] = ()
+        self._device_note: str | None = None  # the engine was built on another GPU model
         self._lock = threading.Lock()
 
     @property
@@ -270,6 +272,9 @@ class TensorRTBackend(Backend):
                             self.config.precision, self.gpu.name)
             record = select_engine(self.artefact, self.manifest, wanted)
             plan = read_plan(self.artefact, self.manifest, record)
+            self._device_note = device_model_note(record, self.gpu.name, self.artefact)
+            if self._device_note:
+                log.warning(self._device_note)
             self._load(flavours[record.key.flavour], record, plan)
 
     def open_plan(self, trt: Any, record: EngineRecord, plan: bytes) -> None:
@@ -462,6 +467,8 @@ class TensorRTBackend(Backend):
             facts["contexts"] = str(len(self._slots))
         if self.gpu is not None:
             facts["gpu"] = f"{self.gpu.name} (sm{self.gpu.sm})"
+        if self._device_note:
+            facts["engine_warning"] = self._device_note
         return facts
 
 
