@@ -134,7 +134,12 @@ def quantize_artefact(artefact: str | Path, options: QuantizeOptions = QuantizeO
     if options.cpu_weight_bits not in (7, 8):
         raise QuantizationError(f"CPU weight bits must be 7 or 8 (got {options.cpu_weight_bits})")
     started = time.perf_counter()
-    stage = Path(tempfile.mkdtemp(prefix=".quantize-", dir=root))
+    try:  # the graphs are staged inside the artefact: a read-only one fails here, before any work
+        stage = Path(tempfile.mkdtemp(prefix=".quantize-", dir=root))
+    except OSError as exc:
+        raise QuantizationError(f"cannot write to the artefact {root} ({exc.strerror or exc}); the INT8 graphs "
+                                "are added inside it: make it writable, or copy it (`cp -r ARTEFACT COPY`) and "
+                                "quantize the copy") from exc
     try:
         work = _prepare(root, stage, manifest, fp32, options, log)
         graphs = [_static_graph(work, fp32)] if options.qdq_graph else []
