@@ -17,8 +17,9 @@ import pytest
 from embedrt.config import SchedulerConfig
 from embedrt.core import DeadlineExceededError, EmbedRequest, InvalidFieldError, Scheduler
 from embedrt.errors import BackendError, InvalidInputError, OverloadedError, UnavailableError
+from embedrt.manifest import Prompts
 from embedrt.pooling import check_dimensions, finish
-from embedrt.tokenizer import Encoded
+from embedrt.tokenizer import Encoded, validate_texts
 
 HIDDEN = 8
 
@@ -36,7 +37,7 @@ class FakeEmbedder:
     def prepare(self, texts: Sequence[str], *, instruction: str | None = None,
                 truncate: bool = True) -> list[Encoded]:
         out = []
-        for i, text in enumerate(texts):
+        for i, text in enumerate(validate_texts(texts)):  # as Embedder.prepare does
             words = text.split()
             if not truncate and len(words) > 16:
                 raise InvalidInputError(f"input {i} is too long")
@@ -184,14 +185,28 @@ def test_validation_names_the_field() -> None:
             assert info.value.field == field
         with pytest.raises(InvalidFieldError, match="limit of 2"):
             scheduler.submit(req("a", "b", "c"))
-        with pytest.raises(InvalidFieldError, match="UTF-8") as info:
-            scheduler.submit(req("ok", "bad \udc80"))
+        with pytest.raises(InvalidFieldError, match="UTF-8") as info:  # checked off the caller's thread
+            scheduler.submit(req("ok", "bad \udc80")).result(5)
         assert info.value.field == "inputs[1]"
         with pytest.raises(InvalidFieldError) as info:
             scheduler.submit(req("short", " ".join(["w"] * 20), truncate=False)).result(5)
         assert info.value.field == "inputs"
     finally:
         scheduler.close()
+
+
+def test_instruction_errors_name_the_field_not_a_python_call() -> None:
+    plain = Scheduler(FakeEmbedder(), dimensions_range=(4, HIDDEN), prompts=Prompts(query="query: {text}"))
+    needs_task = Scheduler(FakeEmbedder(), dimensions_range=(4, HIDDEN), prompts=Prompts(query="{task}: {text}"))
+    try:
+        for scheduler, request in ((plain, req("a", instruction="a task")), (needs_task, req("a", query=True))):
+            with pytest.raises(InvalidFieldError) as info:
+                scheduler.submit(request)
+            assert info.value.field == "instruction" and "embed_queries" not in str(info.value)
+        assert plain.submit(req("a", query=True)).result(5).vectors.shape == (1, HIDDEN)
+    finally:
+        plain.close()
+        needs_task.close()
 
 
 def test_options_apply_per_request_within_a_shared_batch() -> None:

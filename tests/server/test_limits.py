@@ -30,7 +30,7 @@ def test_message_size_limit_on_both_transports(artefact: Path) -> None:
             served.embed(["x" * 3000])
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         reply = served.http.post("/v1/embeddings", json={"input": "x" * 3000, "model": "m"})
-        assert reply.status_code == 400 and "--max-message-bytes" in reply.json()["error"]["message"]
+        assert reply.status_code == 413 and "--max-message-bytes" in reply.json()["error"]["message"]
         assert served.embed(["small"]).shape == (1, 64)
     finally:
         served.close()

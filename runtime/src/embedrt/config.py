@@ -104,6 +104,7 @@ class ServerConfig:
     tls_cert: str | None = None  # PEM files; both or neither (gRPC only)
     tls_key: str | None = None
     max_message_bytes: int = 32 * 1024 * 1024  # per request, both transports
+    body_timeout_s: float = 30.0  # HTTP: the whole request body must arrive within this; 0: no limit
     grace_s: float = 30.0  # drain: how long admitted work may take to finish after SIGTERM
     reflection: bool = True
     warmup: bool = True  # run one batch before reporting SERVING

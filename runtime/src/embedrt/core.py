@@ -18,20 +18,30 @@ only its own requests; the worker carries on with the next one.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
-from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from .config import SchedulerConfig
-from .errors import ArtefactError, BackendError, EmbedrtError, InvalidInputError, OverloadedError, UnavailableError
+from .errors import (
+    BackendError,
+    EmbedrtError,
+    InputTooLongError,
+    InvalidInputError,
+    InvalidTextError,
+    OverloadedError,
+    UnavailableError,
+)
+from .manifest import Prompts
 from .pooling import check_dimensions
-from .tokenizer import Encoded
+from .tokenizer import Encoded, TokenIdFormat
 
 if TYPE_CHECKING:
     from .embedder import Embedder
@@ -62,6 +72,11 @@ class EmbedRequest:
     normalize: bool = True
     truncate: bool = True
     deadline: float | None = None  # time.monotonic() after which the result is of no use
+    token_ids: tuple[tuple[int, ...], ...] = ()  # instead of texts: ids of the model's vocabulary
+
+    @property
+    def count(self) -> int:
+        return len(self.token_ids) if self.token_ids else len(self.texts)
 
 
 @dataclass(frozen=True)
@@ -90,10 +105,6 @@ class _NoMetrics:
         pass
 
 
-class QueryFormat(Protocol):
-    def __call__(self, text: str) -> str: ...
-
-
 class Backend(Protocol):
     """The part of ``Embedder`` the core uses (a fake can stand in for it in unit tests)."""
 
@@ -102,6 +113,36 @@ class Backend(Protocol):
     def infer(self, items: Sequence[Encoded]) -> tuple[np.ndarray, np.ndarray]: ...
     def finish(self, vectors: np.ndarray, norms: np.ndarray, *, dimensions: int | None = None,
                normalize: bool = True) -> np.ndarray: ...
+
+
+class _Workers:
+    """A few daemon threads taking jobs from one queue, first in first out.
+
+    Not a ThreadPoolExecutor: interpreter exit joins those threads, so one long job would hold a
+    draining server past its grace period. Jobs still queued at shutdown are the caller's to fail.
+    """
+
+    def __init__(self, count: int, name: str, run: Callable[[_Job], None]) -> None:
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._run = run
+        self._closed = False
+        self._threads = [threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True) for i in range(count)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, job: _Job) -> None:
+        if self._closed:
+            raise RuntimeError("the workers are shut down")
+        self._jobs.put(job)
+
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None and not self._closed:
+            self._run(job)
+
+    def shutdown(self) -> None:
+        self._closed = True
+        for _ in self._threads:
+            self._jobs.put(None)
 
 
 @dataclass(eq=False)
@@ -133,36 +174,33 @@ class Scheduler:
 
     def __init__(self, embedder: Backend, config: SchedulerConfig | None = None, *,
                  dimensions_range: tuple[int, int], metrics: SchedulerMetrics | None = None,
-                 query_format: QueryFormat | None = None) -> None:
+                 prompts: Prompts | None = None, token_ids: TokenIdFormat | None = None) -> None:
         self.embedder = embedder
         self.config = config or SchedulerConfig()
         self._range = dimensions_range
         self._metrics: SchedulerMetrics = metrics or _NoMetrics()
-        self._query_format = query_format
+        self._prompts = prompts or Prompts()
+        self._token_ids = token_ids  # None: the model takes text only
         self._cond = threading.Condition()  # an RLock inside: done-callbacks may re-enter
         self._queue: deque[_Job] = deque()
         self._queued_tokens = 0
         self._live: set[_Job] = set()  # admitted and not answered
         self._accepting = True
         self._closed = False
-        self._prep = ThreadPoolExecutor(max(1, self.config.tokenizer_threads), thread_name_prefix="embedrt-tokenize")
+        self._prep = _Workers(max(1, self.config.tokenizer_threads), "embedrt-tokenize", self._prepare)
         self._worker = threading.Thread(target=self._run, name="embedrt-backend", daemon=True)
         self._worker.start()
 
     @classmethod
     def for_embedder(cls, embedder: Embedder, config: SchedulerConfig | None = None,
                      metrics: SchedulerMetrics | None = None) -> Scheduler:
-        """A scheduler for a loaded ``Embedder``: the dimension range and query prompt come from its manifest."""
+        """A scheduler for a loaded ``Embedder``: dimension range, prompts and special tokens from its artefact.
+
+        Reads the artefact's tokenizer.json once (for token-id input): call it off the event loop.
+        """
         manifest = embedder.manifest
-
-        def query_format(text: str) -> str:
-            try:
-                return manifest.prompts.format_query(text, None)
-            except ArtefactError as exc:  # the template needs a task and the model has no default
-                raise InvalidFieldError("instruction", f"{exc}; this model needs an instruction") from None
-
         return cls(embedder, config, dimensions_range=manifest.dimensions_range, metrics=metrics,
-                   query_format=query_format)
+                   prompts=manifest.prompts, token_ids=TokenIdFormat.from_artefact(embedder.path, manifest))
 
     # -- admission --------------------------------------------------------------------------------
 
@@ -178,31 +216,50 @@ class Scheduler:
             self._live.add(job)
         job.future.add_done_callback(lambda _: self._release(job))
         try:
-            self._prep.submit(self._prepare, job)
+            self._prep.submit(job)
         except RuntimeError:  # close() shut the pool between the check above and here
             _settle(job.future, UnavailableError("the server is shutting down and takes no new requests"))
         return job.future
 
     def _validate(self, request: EmbedRequest) -> int:
-        texts = request.texts
-        if not texts:
+        """The checks that cost O(1) per input; each text is checked on a tokenizer thread (``_prepare``)."""
+        if request.texts and request.token_ids:
+            raise InvalidFieldError("inputs", "send texts or token ids, not both")
+        if not request.count:
             raise InvalidFieldError("inputs", "it is empty; send at least one text")
         limit = self.config.max_inputs_per_request
-        if len(texts) > limit:
-            raise InvalidFieldError("inputs", f"{len(texts)} texts, more than the limit of {limit} per request; "
+        if request.count > limit:
+            raise InvalidFieldError("inputs", f"{request.count} inputs, more than the limit of {limit} per request; "
                                     "split the request")
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise InvalidFieldError(f"inputs[{i}]", f"a {type(text).__name__}, not a string")
-            if not text.isascii():
-                try:
-                    text.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise InvalidFieldError(f"inputs[{i}]", "not valid UTF-8 text") from None
+        if request.token_ids:
+            if self._token_ids is None:
+                raise InvalidFieldError("inputs", "this model's tokenizer adds special tokens in a way token-id "
+                                        "input cannot reproduce; send text")
+            if request.instruction is not None or request.query:
+                field = "instruction" if request.instruction is not None else "query"
+                raise InvalidFieldError(field, "applies to text only: send the query as text to have it formatted")
+        else:
+            self._check_query(request)
         try:
             return check_dimensions(request.dimensions, self._range)
         except InvalidInputError as exc:
             raise InvalidFieldError("dimensions", str(exc)) from None
+
+    def _check_query(self, request: EmbedRequest) -> None:
+        takes_task = "{task}" in self._prompts.query
+        if request.instruction is not None and not takes_task:
+            raise InvalidFieldError("instruction", f"this model takes no instruction (its query template is "
+                                    f"{self._prompts.query!r}); omit it, or set `query` to format texts as queries")
+        if (request.query or request.instruction is not None) and takes_task and not (
+                request.instruction or self._prompts.default_task):
+            raise InvalidFieldError("instruction", "this model's query template needs a task and it has no default; "
+                                    "send a non-empty instruction")
+
+    def _format(self, request: EmbedRequest) -> tuple[str, ...]:
+        if request.instruction is None and not request.query:
+            return request.texts
+        task = request.instruction or None
+        return tuple(self._prompts.format_query(text, task) for text in request.texts)
 
     def _release(self, job: _Job) -> None:
         with self._cond:
@@ -218,16 +275,25 @@ class Scheduler:
             return
         request = job.request
         try:
-            texts, instruction = request.texts, request.instruction
-            if request.query and instruction is None and self._query_format is not None:
-                texts, instruction = tuple(self._query_format(t) for t in texts), None
-            job.items = self.embedder.prepare(texts, instruction=instruction, truncate=request.truncate)
+            if request.token_ids:
+                assert self._token_ids is not None  # checked on admission
+                job.items = self._token_ids.encode(request.token_ids, truncate=request.truncate)
+            else:
+                job.items = self.embedder.prepare(self._format(request), truncate=request.truncate)
         except InvalidFieldError as exc:
             _settle(job.future, exc)
             return
+        except InputTooLongError as exc:
+            count = f"at least {exc.tokens}" if exc.at_least else str(exc.tokens)
+            _settle(job.future, InvalidFieldError(f"inputs[{exc.index}]", (
+                f"{count} tokens, more than the model's limit of {exc.limit}; shorten it or set `truncate` "
+                "to true")))
+            return
+        except InvalidTextError as exc:
+            _settle(job.future, InvalidFieldError(f"inputs[{exc.index}]", exc.detail))
+            return
         except InvalidInputError as exc:
-            index = getattr(exc, "index", None)
-            _settle(job.future, InvalidFieldError("inputs" if index is None else f"inputs[{index}]", str(exc)))
+            _settle(job.future, InvalidFieldError("inputs", str(exc)))
             return
         except Exception as exc:  # a tokenizer crash is our fault, not the client's
             log.exception("tokenizing failed")
@@ -355,7 +421,7 @@ class Scheduler:
             self._accepting = False
             self._closed = True
             self._cond.notify_all()
-        self._prep.shutdown(wait=False, cancel_futures=True)
+        self._prep.shutdown()
         self._worker.join(timeout)
         with self._cond:
             leftover = list(self._live)

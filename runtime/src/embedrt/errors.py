@@ -16,14 +16,59 @@ class InvalidInputError(EmbedrtError, ValueError):
 
 
 class InputTooLongError(InvalidInputError):
-    """A text exceeds the model's maximum length and truncation was turned off."""
+    """A text exceeds the model's maximum length and truncation was turned off.
 
-    def __init__(self, index: int, tokens: int, limit: int) -> None:
+    ``at_least``: only a prefix of the text was tokenized (counting all of a huge text would cost
+    more than the answer is worth), so ``tokens`` is a lower bound.
+    """
+
+    def __init__(self, index: int, tokens: int, limit: int, *, at_least: bool = False) -> None:
+        count = f"at least {tokens}" if at_least else f"{tokens}"
         super().__init__(
-            f"input {index} has {tokens} tokens, more than the model's limit of {limit}; "
+            f"input {index} has {count} tokens, more than the model's limit of {limit}; "
             "shorten it or pass truncate=True"
         )
-        self.index, self.tokens, self.limit = index, tokens, limit
+        self.index, self.tokens, self.limit, self.at_least = index, tokens, limit, at_least
+
+
+class InvalidTextError(InvalidInputError):
+    """One input is not text (not a str, or not encodable as UTF-8); ``detail`` says why."""
+
+    def __init__(self, index: int, detail: str) -> None:
+        super().__init__(f"input {index} {detail}")
+        self.index, self.detail = index, detail
+
+
+class ConfigError(InvalidInputError):
+    """A configuration value is out of range or unusable; ``field`` is ``"section.name"`` (``server.http_port``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field, self.detail = field, message
+
+
+class RequestTooLargeError(InvalidInputError):
+    """A request body is larger than the server's message-size limit."""
+
+
+class UnsupportedMediaError(InvalidInputError):
+    """A request body in a content type or encoding the server does not read."""
+
+
+class RouteNotFoundError(InvalidInputError):
+    """No such path (HTTP)."""
+
+
+class MethodNotAllowedError(InvalidInputError):
+    """The path exists but not with this method (HTTP)."""
+
+
+class RequestTimeoutError(EmbedrtError):
+    """The client did not send its whole request in time."""
+
+
+class ClientGoneError(EmbedrtError):
+    """The client hung up before its request was answered: nobody is left to answer."""
 
 
 class OverloadedError(EmbedrtError):
@@ -48,10 +93,22 @@ class UnavailableError(EmbedrtError):
 
 def status_for(error: BaseException) -> tuple[str, int]:
     """Map an error to (gRPC status name, HTTP status): the only place where that happens."""
+    if isinstance(error, RequestTooLargeError):  # what gRPC itself answers for an over-size message
+        return "RESOURCE_EXHAUSTED", 413
+    if isinstance(error, UnsupportedMediaError):
+        return "INVALID_ARGUMENT", 415
+    if isinstance(error, RouteNotFoundError):
+        return "NOT_FOUND", 404
+    if isinstance(error, MethodNotAllowedError):
+        return "UNIMPLEMENTED", 405
     if isinstance(error, InvalidInputError):
         return "INVALID_ARGUMENT", 400
     if isinstance(error, OverloadedError):
         return "RESOURCE_EXHAUSTED", 429
     if isinstance(error, UnavailableError):
         return "UNAVAILABLE", 503
+    if isinstance(error, RequestTimeoutError):
+        return "DEADLINE_EXCEEDED", 408
+    if isinstance(error, ClientGoneError):  # 499: nginx's "client closed request"; never actually sent
+        return "CANCELLED", 499
     return "INTERNAL", 500

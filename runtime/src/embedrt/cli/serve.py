@@ -73,6 +73,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--tls-cert", ("server.tls_cert",), str, "PEM certificate for gRPC TLS (with --tls-key)"),
     Option("--tls-key", ("server.tls_key",), str, "PEM private key for gRPC TLS (with --tls-cert)"),
     Option("--max-message-bytes", ("server.max_message_bytes",), int, "largest request accepted, in bytes"),
+    Option("--body-timeout", ("server.body_timeout_s",), float,
+           "HTTP: seconds a request body may take to arrive before 408 (0: no limit)"),
     Option("--grace", ("server.grace_s",), float, "seconds admitted requests may take to finish on SIGTERM"),
     Option("--reflection", ("server.reflection",), _bool, "gRPC server reflection (true/false)"),
     Option("--warmup", ("server.warmup",), _bool, "run one batch before reporting SERVING (true/false)"),

@@ -1,6 +1,7 @@
 """OpenAI-compatible HTTP transport (FastAPI on uvicorn): /v1/embeddings, /health, /metrics.
 
 Like the gRPC side it only converts JSON <-> plain types and maps errors with ``status_for``.
+Bodies are read within the size and time limits by ``http_body.BodyLimits`` before any route runs.
 """
 
 from __future__ import annotations
@@ -18,24 +19,30 @@ from typing import Any, Literal
 import uvicorn
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.exceptions import HTTPException
 
 from ..config import ServerConfig
-from ..core import EmbedRequest, EmbedResult, InvalidFieldError
-from ..errors import InvalidInputError, status_for
+from ..core import EmbedRequest, EmbedResult
+from ..errors import InvalidInputError, MethodNotAllowedError, RouteNotFoundError, status_for
+from .http_body import BodyLimits
+from .http_errors import error_parts
 from .state import ServingState
 
-# OpenAI's error "type" for each HTTP status that status_for can produce (presentation only).
-_ERROR_TYPES = {400: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable",
-                500: "server_error"}
-_FIELD_NAMES = {"inputs": "input"}  # the core names gRPC fields; OpenAI calls the list `input`
+_PARSE_OFF_LOOP = 1 << 16  # bodies larger than this are parsed on a thread, not on the event loop
+_ROUTES = "POST /v1/embeddings, GET /health, /metrics, /info, /v1/models"
+_EXPECTED = {  # what each field takes, in JSON terms, for error messages
+    "input": "a string, a list of strings, or token ids (a list of integers, or a list of lists of integers)",
+    "model": "a string", "dimensions": "an integer", "encoding_format": '"float" or "base64"',
+    "instruction": "a string", "query": "true or false", "normalize": "true or false", "truncate": "true or false",
+}
 
 
 class EmbeddingsBody(BaseModel):
-    """POST /v1/embeddings, as OpenAI defines it, plus embedrt's optional extras."""
+    """POST /v1/embeddings, as OpenAI defines it, plus embedrt's optional extras. JSON types are strict."""
 
-    model_config = ConfigDict(extra="ignore")  # e.g. `user`: accepted, unused
+    model_config = ConfigDict(extra="ignore", strict=True)  # e.g. `user`: accepted, unused
 
-    input: str | list[str]
+    input: str | list[str] | list[int] | list[list[int]]  # token ids: the served model's own vocabulary
     model: str | None = None  # informational: this server serves one model, whatever the name
     dimensions: int | None = None
     encoding_format: Literal["float", "base64"] = "float"
@@ -45,8 +52,18 @@ class EmbeddingsBody(BaseModel):
     truncate: bool = True
 
     def to_request(self) -> EmbedRequest:
-        texts = (self.input,) if isinstance(self.input, str) else tuple(self.input)
-        return EmbedRequest(texts=texts, instruction=self.instruction, query=self.query,
+        value = self.input
+        texts: tuple[str, ...] = ()
+        ids: tuple[tuple[int, ...], ...] = ()
+        if isinstance(value, str):
+            texts = (value,)
+        elif value and isinstance(value[0], int):
+            ids = (tuple(value),)  # type: ignore[arg-type]
+        elif value and isinstance(value[0], list):
+            ids = tuple(tuple(row) for row in value)  # type: ignore[union-attr]
+        else:
+            texts = tuple(value)  # type: ignore[arg-type]
+        return EmbedRequest(texts=texts, instruction=self.instruction, query=self.query, token_ids=ids,
                             dimensions=self.dimensions, normalize=self.normalize, truncate=self.truncate)
 
 
@@ -64,26 +81,46 @@ def to_body(result: EmbedResult, model: str, encoding: str) -> bytes:
     return json.dumps({"object": "list", "data": data, "model": model, "usage": usage}).encode()
 
 
+def _json_kind(value: Any) -> str:
+    kinds = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "a list",
+             dict: "an object", type(None): "null"}
+    return kinds.get(type(value), type(value).__name__)
+
+
 def _invalid_body(exc: ValidationError) -> InvalidInputError:
+    """One message for the first wrong field, naming it as the API does (``param`` too)."""
     first = exc.errors()[0]
-    where = ".".join(str(p) for p in first.get("loc", ())) or "body"
-    if where.startswith("input."):  # pydantic reports each branch of `str | list[str]`
-        where = "input"
-    return InvalidInputError(f"invalid `{where}`: {first.get('msg', 'invalid value')} "
-                             "(expected `input` as a string or a list of strings)")
+    loc = first.get("loc", ())
+    if first["type"] == "json_invalid":
+        return InvalidInputError(f"the body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}")
+    if not loc:
+        return InvalidInputError(f"the body must be a JSON object, not {_json_kind(first.get('input'))}")
+    field = str(loc[0])
+    if first["type"] == "missing":
+        error = InvalidInputError(f"`{field}` is required")
+    else:
+        whole = len(loc) == 1 or (len(loc) == 2 and isinstance(loc[1], str))  # the field, or one union branch
+        given = first.get("input") if whole else None
+        got = "got a list with other values" if not whole or isinstance(given, list) else f"got {_json_kind(given)}"
+        if isinstance(given, (str, int, float)) and len(repr(given)) < 40:
+            got += f" ({json.dumps(given)})"
+        error = InvalidInputError(f"invalid `{field}`: expected {_EXPECTED.get(field, 'another value')}, {got}")
+    error.param = field  # type: ignore[attr-defined]
+    return error
 
 
 def error_response(exc: BaseException) -> Response:
-    code, status = status_for(exc)
-    message, param = str(exc), None
-    if isinstance(exc, InvalidFieldError):
-        base, _, rest = exc.field.partition("[")
-        param = _FIELD_NAMES.get(base, base) + (f"[{rest}" if rest else "")
-        message = f"invalid `{param}`: {exc.detail}"
-    body = {"error": {"message": message, "type": _ERROR_TYPES.get(status, "server_error"), "param": param,
-                      "code": code}}
-    headers = {"Retry-After": "1"} if status in (429, 503) else None
-    return Response(json.dumps(body), status, headers=headers, media_type="application/json")
+    status, body, headers = error_parts(exc)
+    return Response(body, status, headers=headers or None, media_type="application/json")
+
+
+async def _parse(body: bytes) -> EmbeddingsBody:
+    try:
+        if len(body) > _PARSE_OFF_LOOP:  # a 32 MiB body takes tens of ms to parse: not on the loop
+            return await asyncio.to_thread(EmbeddingsBody.model_validate_json, body)
+        return EmbeddingsBody.model_validate_json(body)
+    except ValidationError as exc:
+        raise _invalid_body(exc) from None
 
 
 async def _unless_disconnected(request: Request, work: asyncio.Future[EmbedResult]) -> EmbedResult | None:
@@ -102,22 +139,27 @@ async def _unless_disconnected(request: Request, work: asyncio.Future[EmbedResul
 
 
 def create_app(state: ServingState, config: ServerConfig) -> FastAPI:
-    app = FastAPI(title="embedrt", docs_url=None, redoc_url=None)
+    app = FastAPI(title="embedrt", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = state.metrics
+    app.add_middleware(BodyLimits, config=config, metrics=metrics)  # type: ignore[arg-type]
+
+    @app.exception_handler(HTTPException)
+    async def routing_error(request: Request, exc: HTTPException) -> Response:
+        error: Exception = InvalidInputError(str(exc.detail))
+        if exc.status_code == 404:
+            error = RouteNotFoundError(f"no route {request.method} {request.url.path}; this server has {_ROUTES}")
+        elif exc.status_code == 405:
+            error = MethodNotAllowedError(f"{request.url.path} does not take {request.method}; this server has "
+                                          f"{_ROUTES}")
+        response = error_response(error)
+        response.headers.update(exc.headers or {})  # e.g. Allow on 405
+        return response
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Response:
         started = time.perf_counter()
         try:
-            size = int(request.headers.get("content-length") or 0)
-            body = b"" if size > config.max_message_bytes else await request.body()
-            if max(size, len(body)) > config.max_message_bytes:
-                raise InvalidInputError(f"the request body is {max(size, len(body))} bytes, more than this "
-                                        f"server's limit of {config.max_message_bytes} (--max-message-bytes)")
-            try:
-                parsed = EmbeddingsBody.model_validate_json(body)
-            except ValidationError as exc:
-                raise _invalid_body(exc) from None
+            parsed = await _parse(await request.body())  # already read, within limits, by BodyLimits
             work = asyncio.ensure_future(state.embed(parsed.to_request()))
             result = await _unless_disconnected(request, work)
             if result is None:

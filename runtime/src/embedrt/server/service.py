@@ -64,9 +64,16 @@ class EmbeddingServer:
         self._loaded = asyncio.create_task(self._load())
         return self.ports
 
+    def _load_model(self) -> tuple[Embedder, Scheduler]:
+        embedder = self._loader()
+        try:  # for_embedder reads the tokenizer once more (token-id input): off the event loop too
+            return embedder, Scheduler.for_embedder(embedder, self.scheduler_config, self.state.metrics)
+        except BaseException:
+            embedder.close()
+            raise
+
     async def _load(self) -> None:
-        embedder = await asyncio.to_thread(self._loader)
-        scheduler = Scheduler.for_embedder(embedder, self.scheduler_config, self.state.metrics)
+        embedder, scheduler = await asyncio.to_thread(self._load_model)
         try:
             if self.config.warmup:  # the first batch pays for allocations and kernel selection
                 await asyncio.wrap_future(scheduler.submit(EmbedRequest(("warm-up",))))
