@@ -54,11 +54,6 @@ def test_dimensions_outside_range(qwen3: Embedder, minilm: Embedder) -> None:
     assert minilm.embed(["x"], dimensions=384).shape == (1, 384)
 
 
-def test_instruction_on_a_model_without_a_task_template(minilm: Embedder) -> None:
-    with pytest.raises(InvalidInputError, match="takes no instruction"):
-        minilm.embed(["x"], instruction="Find things")
-
-
 def test_closed_embedder_is_unavailable(qwen3_artefact: Path) -> None:
     embedder = Embedder.load(qwen3_artefact)
     embedder.close()
@@ -123,3 +118,26 @@ def test_auto_falls_back_to_onnxruntime_when_engines_do_not_fit(qwen3_artefact: 
     with Embedder.load(artefact) as embedder:
         assert embedder.backend_name == "onnxruntime"
         assert embedder.embed(["x"]).shape == (1, 64)
+
+
+def test_task_on_a_model_without_a_task_template_is_refused_by_every_verb(minilm: Embedder) -> None:
+    """embed(instruction=...) and embed_queries(task=...) are one behaviour: refused, not silently ignored."""
+    for call in (lambda: minilm.embed(["x"], instruction="Find things"),
+                 lambda: minilm.embed_queries(["x"], task="Find things"),
+                 lambda: minilm.prepare(["x"], instruction="")):
+        with pytest.raises(InvalidInputError, match="takes no query task") as info:
+            call()
+        assert "'{text}'" in str(info.value) and "without a task" in str(info.value)
+    np.testing.assert_array_equal(minilm.embed_queries(["x"]), minilm.embed(["x"]))  # no task: fine
+
+
+def test_precision_hint_names_only_commands_that_exist(qwen3_artefact: Path) -> None:
+    with pytest.raises(ArtefactError, match="no fp8 graph") as info:
+        Embedder.load(qwen3_artefact, precision="fp8")
+    message = str(info.value)
+    assert "--dtype fp8" not in message
+    assert "embedrt export" in message and "embedrt quantize" in message and "fp32, fp16, int8, int8-cpu" in message
+    for precision, hint in (("int8", "`embedrt quantize ARTEFACT`"), ("int8-cpu", "`embedrt quantize ARTEFACT`")):
+        with pytest.raises(ArtefactError, match=f"no {precision} graph") as info:
+            Embedder.load(qwen3_artefact, "onnxruntime", precision=precision)
+        assert hint in str(info.value)

@@ -93,7 +93,7 @@ class Embedder:
         """Validate, apply the instruction (query template), tokenize."""
         items = validate_texts(texts)
         if instruction is not None:
-            items = [self._as_query(t, instruction) for t in items]
+            items = [self._format_query(t, instruction) for t in items]
         return self._tokenizer.encode(items, truncate=truncate)
 
     def infer(self, items: Sequence[Encoded]) -> tuple[np.ndarray, np.ndarray]:
@@ -163,15 +163,15 @@ class Embedder:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def _as_query(self, text: str, instruction: str) -> str:
-        if "{task}" not in self.manifest.prompts.query:
-            raise InvalidInputError(f"model {self.manifest.name!r} takes no instruction (its query template is "
-                                    f"{self.manifest.prompts.query!r}); use embed_queries() or omit instruction")
-        return self._format_query(text, instruction)
-
     def _format_query(self, text: str, task: str | None) -> str:
+        """The query template applied; ``task`` None takes the default. One rule for ``embed(instruction=)``
+        and ``embed_queries(task=)``: a task given to a model whose template has no place for it is refused."""
         prompts = self.manifest.prompts
-        if "{task}" in prompts.query and not (task or prompts.default_task):
+        takes_task = "{task}" in prompts.query
+        if task is not None and not takes_task:
+            raise InvalidInputError(f"model {self.manifest.name!r} takes no query task (its query template is "
+                                    f"{prompts.query!r}); embed the texts without a task (omit task= / instruction=)")
+        if takes_task and not (task or prompts.default_task):
             raise InvalidInputError(f"model {self.manifest.name!r} needs a query task (its template is "
                                     f"{prompts.query!r} and it has no default); pass task=... / instruction=...")
         return prompts.format_query(text, task or None)

@@ -48,6 +48,16 @@ class Prompts:
         return self.document.replace("{text}", text)
 
 
+def _make_hint(precision: str) -> str:
+    """How to get a graph of ``precision``: only commands and flags that exist."""
+    if precision in ("fp32", "fp16"):
+        return f"make one with `embedrt export MODEL --dtype {precision}`"
+    if precision in ("int8", "int8-cpu"):
+        return "make one with `embedrt quantize ARTEFACT`"
+    return ("embedrt makes fp32, fp16, int8, int8-cpu graphs (`embedrt export MODEL --dtype fp32,fp16`, then "
+            "`embedrt quantize ARTEFACT`); pick one of these")
+
+
 @dataclass(frozen=True)
 class EndOfText:
     """How the pooled end-of-text token gets there. Never located by id: pad id may equal it."""
@@ -110,10 +120,7 @@ class Manifest:
         "eager" or "fused" insist on that form."""
         if precision not in self.graphs:
             have = ", ".join(sorted(self.graphs)) or "none"
-            hint = (
-                "embedrt quantize ARTEFACT" if precision == "int8" else f"embedrt export MODEL --dtype {precision}"
-            )
-            raise ArtefactError(f"this artefact has no {precision} graph (it has: {have}); make one with `{hint}`")
+            raise ArtefactError(f"this artefact has no {precision} graph (it has: {have}); {_make_hint(precision)}")
         if attention not in ("auto", "fused", "eager"):
             raise ArtefactError(f"attention must be auto, fused or eager (got {attention!r})")
         chosen = self.graphs[precision]
