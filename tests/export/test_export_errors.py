@@ -62,6 +62,21 @@ def test_out_that_cannot_be_created_fails_before_the_model_is_read(tmp_path: Pat
     assert f"cannot write the artefact at {blocker / 'art'}" in err and "choose another --out" in err
 
 
+def test_out_in_a_directory_nobody_may_write_fails_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    immutable = os.geteuid() == 0  # modes do not stop root; the immutable flag does
+    if immutable and subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
+        pytest.skip("running as root without chattr +i: cannot make a directory read-only here")
+    try:
+        err = _cli_error(capsys, str(tmp_path / "no-such-model"), "--out", str(locked / "art"))
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(locked)], check=True)
+    assert f"cannot write the artefact at {locked / 'art'}" in err \
+        and any(reason in err.lower() for reason in ("not permitted", "permission denied"))
+
+
 def test_broken_config_json_is_one_line(qwen3_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = _variant(qwen3_dir, tmp_path / "m")
     (model / "config.json").write_text('{"model_type": "qwen3",\n "hidden_size": 64,,}')
@@ -182,3 +197,14 @@ def test_a_second_export_into_the_same_out_does_not_replace_the_first(tmp_path: 
             final.mkdir()  # the other export finished meanwhile
             (final / "theirs").write_text("")
     assert (final / "theirs").is_file() and [p.name for p in tmp_path.iterdir()] == ["art"]
+
+
+def test_export_finishing_second_without_overwrite_says_so(tmp_path: Path) -> None:
+    from embedrt_export.artefact import staging_dir
+
+    out = tmp_path / "art"
+    with pytest.raises(ExportError, match="written by another export meanwhile; pass --overwrite"):
+        with staging_dir(out, overwrite=False) as stage:
+            (stage / "manifest.json").write_text("{}")
+            out.mkdir()
+    assert list(out.iterdir()) == []
