@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InvalidInputError
+from .errors import ConfigError, InvalidInputError
 
 # Sequence-length buckets shared by the batcher and TensorRT optimisation profiles: padding a batch
 # up to one of these keeps the number of distinct shapes (profiles, CUDA graphs) small.
@@ -52,11 +53,29 @@ def default_intra_op_threads() -> int:
     return usable_cpus()
 
 
+def _at_least(section: str, owner: object, minimum: float, *names: str) -> None:
+    """ConfigError naming ``section.name`` for the first field below ``minimum`` (or not a finite number)."""
+    for name in names:
+        value = getattr(owner, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{section}.{name}", f"must be a number, got {value!r}")
+        if value < minimum:
+            raise ConfigError(f"{section}.{name}", f"must be at least {minimum:g}, got {value:g}")
+
+
+def _port(section: str, name: str, value: int | None) -> None:
+    if value is not None and not 0 <= value <= 65535:
+        raise ConfigError(f"{section}.{name}", f"must be a port number from 0 to 65535, got {value}")
+
+
 @dataclass(frozen=True)
 class BatchingConfig:
     max_batch_tokens: int = 16384  # padded tokens per micro-batch (rows x bucketed length)
     max_batch_size: int = 64  # rows per micro-batch
     sequence_buckets: tuple[int, ...] = DEFAULT_SEQUENCE_BUCKETS
+
+    def __post_init__(self) -> None:
+        _at_least("batching", self, 1, "max_batch_tokens", "max_batch_size")
 
 
 @dataclass(frozen=True)
@@ -80,6 +99,10 @@ class BackendConfig:
     # "fused", or "eager" (the twin with plain MatMul / Softmax attention, where the artefact has one).
     attention: str = "auto"
 
+    def __post_init__(self) -> None:
+        _at_least("backend", self, 0, "device_id", "intra_op_threads", "inter_op_threads")
+        _at_least("backend", self, 1, "cuda_graph_max_tokens")
+
 
 @dataclass(frozen=True)
 class SchedulerConfig:
@@ -92,6 +115,11 @@ class SchedulerConfig:
     max_queued_tokens: int = 1_048_576  # tokens waiting for the backend; past it: OverloadedError
     max_inputs_per_request: int = 512
     tokenizer_threads: int = 2  # tokenizing runs here, never on an event loop or the backend thread
+
+    def __post_init__(self) -> None:
+        _at_least("scheduler", self, 1, "max_batch_tokens", "max_batch_requests", "max_queued_requests",
+                  "max_queued_tokens", "max_inputs_per_request", "tokenizer_threads")
+        _at_least("scheduler", self, 0, "max_wait_us")
 
 
 @dataclass(frozen=True)
@@ -108,3 +136,16 @@ class ServerConfig:
     grace_s: float = 30.0  # drain: how long admitted work may take to finish after SIGTERM
     reflection: bool = True
     warmup: bool = True  # run one batch before reporting SERVING
+
+    def __post_init__(self) -> None:
+        if not self.host.strip():
+            raise ConfigError("server.host", "must be an address to listen on, e.g. 127.0.0.1 or 0.0.0.0")
+        _port("server", "grpc_port", self.grpc_port)
+        _port("server", "http_port", self.http_port)
+        if self.grpc_port and self.grpc_port == self.http_port:
+            raise ConfigError("server.http_port", f"{self.http_port} is also the gRPC port; give each its own")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            missing = "server.tls_key" if self.tls_cert else "server.tls_cert"
+            raise ConfigError(missing, "TLS needs both a certificate and its private key")
+        _at_least("server", self, 1, "max_message_bytes")
+        _at_least("server", self, 0, "body_timeout_s", "grace_s")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import BackendConfig, BatchingConfig, SchedulerConfig, ServerConfig
-from ..errors import EmbedrtError
+from ..errors import ConfigError, EmbedrtError
 
 _SECTIONS: dict[str, Any] = {"server": ServerConfig, "scheduler": SchedulerConfig, "batching": BatchingConfig,
                              "backend": BackendConfig}
@@ -129,9 +129,32 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
             values[section][name] = option.to_config(value)
     if not args.artefact:
         raise EmbedrtError("give the ARTEFACT directory (or set EMBEDRT_ARTEFACT)")
-    made = {s: cls(**values[s]) for s, cls in _SECTIONS.items()}
+    try:  # every value is checked here, before a port is bound or the model is read
+        made = {s: cls(**values[s]) for s, cls in _SECTIONS.items()}
+    except ConfigError as exc:
+        raise flag_error(exc, args) from None
     return ServeSettings(args.artefact, made["server"], made["scheduler"], made["batching"], made["backend"],
                          values["load"])
+
+
+def flag_error(exc: ConfigError, args: argparse.Namespace | None = None) -> EmbedrtError:
+    """A configuration error in the terms of the flag (and variable) that set the field."""
+    for option in OPTIONS:
+        if exc.field in option.targets:
+            given = getattr(args, option.dest, None) if args is not None else None
+            value = f" {given}" if given is not None else ""
+            return EmbedrtError(f"{option.flag}{value}: {exc.detail} (flag {option.flag} or {option.env})")
+    return EmbedrtError(str(exc))
+
+
+def _one_line_errors(parser: argparse.ArgumentParser) -> None:
+    """Bad flag values end in one `embedrt serve: error: ...` line (exit 2), like every other check here."""
+
+    def error(message: str) -> None:
+        print(f"embedrt serve: error: {message} (see embedrt serve --help)", file=sys.stderr)
+        sys.exit(2)
+
+    parser.error = error  # type: ignore[method-assign, assignment]
 
 
 def _announce(server: Any) -> None:
@@ -158,11 +181,11 @@ def _run(args: argparse.Namespace) -> int:
         return Embedder.load(settings.artefact, settings.load["backend"], precision=settings.load["precision"],
                              batching=settings.batching, backend_config=settings.backend)
 
+    server = EmbeddingServer(load, settings.server, settings.scheduler)
     try:
-        server = EmbeddingServer(load, settings.server, settings.scheduler)
-    except ValueError as exc:
-        raise EmbedrtError(str(exc)) from exc
-    asyncio.run(serve_until_signal(server, _announce))
+        asyncio.run(serve_until_signal(server, _announce))
+    except ConfigError as exc:  # a port in use, a TLS file that cannot be read: found while binding
+        raise flag_error(exc, args) from None
     return 0
 
 
@@ -179,4 +202,5 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         # argparse converts string defaults with `type`, so a bad variable fails like a bad flag.
         p.add_argument(option.flag, type=option.type, default=env, metavar=option.dest.upper(),
                        help=f"{option.help} (default: {option.default()}) [{option.env}]")
+    _one_line_errors(p)
     p.set_defaults(run=_run)

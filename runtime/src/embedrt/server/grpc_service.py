@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ..config import ServerConfig
 from ..core import EmbedRequest, EmbedResult
-from ..errors import InvalidInputError, status_for
+from ..errors import ConfigError, InvalidInputError, status_for
 from .state import Phase, ServingState
 from .stubs import SERVICE_NAME, pb2
 
@@ -160,13 +160,24 @@ def _health(state: ServingState) -> HealthServicer:
     return health
 
 
+def _read_pem(field: str, path: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(field, f"cannot read {path}: {exc.strerror or exc}") from None
+    if b"-----BEGIN" not in data:
+        raise ConfigError(field, f"{path} is not a PEM file (no -----BEGIN line)")
+    return data
+
+
 def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
-    if not config.tls_cert and not config.tls_key:
+    if not config.tls_cert or not config.tls_key:  # ServerConfig ensures both or neither
         return None
-    if not (config.tls_cert and config.tls_key):
-        raise ValueError("TLS needs both a certificate and a key (--tls-cert and --tls-key)")
-    pair = (Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())
-    return grpc.ssl_server_credentials([pair])
+    pair = (_read_pem("server.tls_key", config.tls_key), _read_pem("server.tls_cert", config.tls_cert))
+    try:
+        return grpc.ssl_server_credentials([pair])
+    except Exception as exc:
+        raise ConfigError("server.tls_cert", f"gRPC could not use this certificate and key: {exc}") from None
 
 
 def create_server(state: ServingState, config: ServerConfig) -> tuple[grpc.aio.Server, int]:
@@ -184,7 +195,11 @@ def create_server(state: ServingState, config: ServerConfig) -> tuple[grpc.aio.S
         reflection.enable_server_reflection(names, server)
     address = f"[{config.host}]:{config.grpc_port}" if ":" in config.host else f"{config.host}:{config.grpc_port}"
     credentials = _credentials(config)
-    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    try:
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    except RuntimeError:  # grpc says only "Failed to bind"; in use, a bad host or a privileged port
+        raise ConfigError("server.grpc_port", f"cannot listen on {address} (in use, not an address of this "
+                          "machine, or not allowed to this user); pick another port, 0 for any free one") from None
     return server, port
 
 

@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 
 from ..config import ServerConfig
 from ..core import EmbedRequest, EmbedResult
-from ..errors import InvalidInputError, MethodNotAllowedError, RouteNotFoundError, status_for
+from ..errors import ConfigError, InvalidInputError, MethodNotAllowedError, RouteNotFoundError, status_for
 from .http_body import BodyLimits
 from .http_errors import error_parts
 from .state import ServingState
@@ -219,10 +219,16 @@ def create_http_server(state: ServingState, config: ServerConfig) -> tuple[HttpS
     # IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY on accepted connections only when the
     # listening socket says TCP, and without it every response waits ~40 ms for a delayed ACK.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    if sys.platform != "win32":
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((config.host, config.http_port or 0))
-    sock.listen(2048)
+    try:
+        if sys.platform != "win32":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((config.host, config.http_port or 0))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        field = "server.host" if isinstance(exc, socket.gaierror) else "server.http_port"
+        raise ConfigError(field, f"cannot listen on {config.host}:{config.http_port}: "
+                          f"{exc.strerror or exc}; pick another port (0 turns HTTP off)") from None
     sock.setblocking(False)
     settings = uvicorn.Config(create_app(state, config), log_level="warning", access_log=False, lifespan="off",
                               timeout_graceful_shutdown=max(1, int(config.grace_s)), backlog=2048)

@@ -52,13 +52,19 @@ class EmbeddingServer:
 
     async def start(self) -> Ports:
         """Bind and start both transports (NOT_SERVING), then load the model in the background."""
+        # Both bind before either serves: a port in use (ConfigError) leaves nothing half started.
         grpc_server, grpc_port = create_server(self.state, self.config)
+        http_port = None
+        if self.config.http_port is not None:
+            try:
+                self._http, http_port = create_http_server(self.state, self.config)
+            except BaseException:
+                await grpc_server.stop(None)
+                raise
         await self.state.set_phase("loading")  # the standard health servicer starts out SERVING
         await grpc_server.start()
         self._grpc = grpc_server
-        http_port = None
-        if self.config.http_port is not None:
-            self._http, http_port = create_http_server(self.state, self.config)
+        if self._http is not None:
             self._tasks.append(asyncio.create_task(self._http.serve_bound()))
         self.ports = Ports(grpc_port, http_port)
         self._loaded = asyncio.create_task(self._load())
