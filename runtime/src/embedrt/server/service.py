@@ -13,6 +13,7 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 
@@ -27,6 +28,36 @@ from .state import ServingState
 log = logging.getLogger(__name__)
 
 Loader = Callable[[], Embedder]  # runs on a worker thread; Embedder.load(...) in practice
+T = TypeVar("T")
+_SEND_WINDOW = 1.0  # seconds the transports get, after the grace period, to send the answers settled by it
+
+
+def _off_loop(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
+    """Run ``fn`` on a daemon thread: unlike asyncio.to_thread, process exit never waits for it, so a
+    load or a backend call that hangs cannot hold a drained server past its grace period."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(error: BaseException | None, result: T | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            outcome: tuple[BaseException | None, T | None] = (None, fn())
+        except BaseException as exc:
+            outcome = (exc, None)
+        try:
+            loop.call_soon_threadsafe(settle, *outcome)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
 
 
 @dataclass(frozen=True)
@@ -79,7 +110,7 @@ class EmbeddingServer:
             raise
 
     async def _load(self) -> None:
-        embedder, scheduler = await asyncio.to_thread(self._load_model)
+        embedder, scheduler = await _off_loop(self._load_model, "embedrt-load")
         try:
             if self.config.warmup:  # the first batch pays for allocations and kernel selection
                 await asyncio.wrap_future(scheduler.submit(EmbedRequest(("warm-up",))))
@@ -95,28 +126,32 @@ class EmbeddingServer:
         await asyncio.shield(self._loaded)
 
     async def shutdown(self, grace: float | None = None) -> bool:
-        """Drain and stop. True if every admitted request was answered within the grace period."""
+        """Drain and stop within ``grace`` (+ ~1 s to send the last answers, + up to ~1 s each for the
+        transports). True if every admitted request was answered within the grace period."""
         grace = self.config.grace_s if grace is None else grace
-        loop = asyncio.get_running_loop()
-        until = loop.time() + grace
         await self.state.set_phase("draining")
         scheduler, drained = self.state.scheduler, True
         if scheduler is not None:
-            drained = await asyncio.to_thread(scheduler.drain, grace)
-        # In-flight calls have their results now; give the transports the rest of the grace to send them.
-        left = max(0.5, until - loop.time())
-        if self._grpc is not None:
-            await self._grpc.stop(left)
-        if self._http is not None:
-            self._http.should_exit = True
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=left + 1)
+            drained = await _off_loop(lambda: scheduler.drain(grace), "embedrt-drain")
+            # What the grace period did not finish fails now with UNAVAILABLE (retryable elsewhere), so
+            # each transport answers it with a status instead of gRPC cancelling the call on stop.
+            scheduler.close(timeout=0)
         if self._loaded is not None and not self._loaded.done():
             self._loaded.cancel()
-        if scheduler is not None:
-            scheduler.close()
-        if self.state.embedder is not None:
-            self.state.embedder.close()
+        window = _SEND_WINDOW
+        if self._http is not None:
+            self._http.config.timeout_graceful_shutdown = window  # read by uvicorn when it shuts down
+            self._http.should_exit = True
+        if self._grpc is not None:
+            await self._grpc.stop(window)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=window + 1)
+        embedder = self.state.embedder
+        if embedder is not None:  # waits for a running backend call, so bounded by the send window too
+            closing = _off_loop(embedder.close, "embedrt-close")
+            done, _ = await asyncio.wait({closing}, timeout=window)
+            if not done:
+                log.warning("a backend call still running after the grace period was left to the process exit")
         await self.state.set_phase("stopped")
         if not drained:
             log.warning("the grace period of %.1fs ran out before every admitted request was answered", grace)
