@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 Loader = Callable[[], Embedder]  # runs on a worker thread; Embedder.load(...) in practice
 T = TypeVar("T")
-_SEND_WINDOW = 1.0  # seconds the transports get, after the grace period, to send the answers settled by it
+_SEND_WINDOW = 1  # seconds the transports get, after the grace period, to send the answers settled by it
 
 
 def _off_loop(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
