@@ -121,15 +121,19 @@ def load_weights(load: Callable[..., Any], model_dir: Path) -> Any:
     transformers fills missing weights with random values and only logs it: an export would pass
     parity (the reference has the same random weights) and ship a partly random model.
     """
-    quiet = logging.getLogger("transformers.modeling_utils")  # its load report: we say it in one line
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
+    # Quiet while loading: the load report (we say what matters in one line) and tensor-parallel
+    # notes ("layers were not sharded"), which mean nothing for a single-device export.
+    quiet = [logging.getLogger(f"transformers.{name}") for name in ("modeling_utils", "distributed.tensor_parallel")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.ERROR)
     try:
         model, info = load(output_loading_info=True, ignore_mismatched_sizes=True)
     except Exception as exc:  # a missing weights file, an impossible config: one line, not a traceback
         raise ExportError(f"transformers cannot load the model in {model_dir}: {_first_line(exc)}") from exc
     finally:
-        quiet.setLevel(level)
+        for logger, level in zip(quiet, levels, strict=True):
+            logger.setLevel(level)
     missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(_UNUSED_MISSING))
     extra = sorted(k for k in info.get("unexpected_keys", ()) if not k.startswith(_UNUSED_EXTRA))
     mismatched = sorted(f"{k[0]} (checkpoint {tuple(k[1])}, model {tuple(k[2])})" if isinstance(k, tuple) else str(k)
