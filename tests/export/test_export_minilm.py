@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
@@ -29,6 +30,21 @@ def test_minilm_manifest(minilm_artefact: Path) -> None:
     assert m.prompts.format_query("x") == "x"
     assert m.graphs["fp32"].parity["min_cosine"] >= 0.99999
     assert m.graphs["fp16"].parity["min_cosine"] >= 0.999
+
+
+def test_minilm_fused_graph_keeps_its_padding_mask(minilm_artefact: Path) -> None:
+    """BERT gets the fused opset-23 graph too (faster on ONNX Runtime CPU, docs/benchmarks.md "fused"), with
+    its key-padding mask: attention is bidirectional, so pads must be masked, not left to causality."""
+    m = load_manifest(minilm_artefact)
+    assert m.graphs["fp32"].attention == "fused" and set(m.eager_graphs) == {"fp32", "fp16"}
+    layers = 6
+    for key in ("fp32", "fp16"):
+        nodes = onnx.load(str(minilm_artefact / m.graphs[key].file), load_external_data=False).graph.node
+        attention = [n for n in nodes if n.op_type == "Attention"]
+        assert len(attention) == layers and not any(n.op_type == "Softmax" for n in nodes)
+        for node in attention:
+            assert len(node.input) > 3 and node.input[3], f"{node.name} lost its padding mask"
+            assert all(a.i == 0 for a in node.attribute if a.name == "is_causal")
 
 
 def test_minilm_matches_sentence_transformers(minilm_dir: Path, minilm_artefact: Path) -> None:

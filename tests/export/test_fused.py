@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
@@ -141,11 +142,16 @@ def test_fp16_falls_back_to_full_islands_when_lean_misses_the_gate(
     assert "RMSNormalization" in types
 
 
-def test_attention_option(qwen3_dir: Path, minilm_dir: Path, tmp_path: Path) -> None:
+def test_attention_option(qwen3_dir: Path, minilm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     m = export_model(str(qwen3_dir), tmp_path / "e", ExportOptions(dtypes=("fp32",), max_length=32,
                                                                    attention="eager"), log=lambda _: None)
     assert m.graphs["fp32"].attention == "eager" and m.graphs["fp32"].file == "model.fp32.onnx"
     assert m.eager_graphs == {} and "Attention" not in {n.op_type for n in _nodes(tmp_path / "e" / "model.fp32.onnx")}
+    # A family whose fused op counts are not known yet (bert's are: see test_export_minilm) is refused.
+    from embedrt_export import spec
+
+    defaults = spec._FAMILY_DEFAULTS["bert"]
+    monkeypatch.setitem(spec._FAMILY_DEFAULTS, "bert", dataclasses.replace(defaults, fused_per_layer=None))
     with pytest.raises(ExportError, match="not available for bert"):
         export_model(str(minilm_dir), tmp_path / "b", ExportOptions(attention="fused"), log=lambda _: None)
     with pytest.raises(ExportError, match="--attention must be one of"):

@@ -44,7 +44,7 @@ _QWEN3_FUSED = (("Attention", 1), ("RotaryEmbedding", 2), ("RMSNormalization", 4
 _FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {
     "qwen3": FamilyDefaults("last_token", True, 32, 8192, QWEN3_QUERY_TEMPLATE, QWEN3_DEFAULT_TASK, ("left", "right"),
                             _QWEN3_FUSED, (("RMSNormalization", 1),)),
-    "bert": FamilyDefaults("mean", False, None, 512),
+    "bert": FamilyDefaults("mean", False, None, 512, fused_per_layer=(("Attention", 1),)),
     "xlm-roberta": FamilyDefaults("cls", False, None, 512),
     "roberta": FamilyDefaults("mean", False, None, 512),
     "mpnet": FamilyDefaults("mean", False, None, 512),
