@@ -77,6 +77,11 @@ def test_out_in_a_directory_nobody_may_write_fails_first(tmp_path: Path, capsys:
         and any(reason in err.lower() for reason in ("not permitted", "permission denied"))
 
 
+def test_failed_export_leaves_no_parent_directories_it_made(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = _cli_error(capsys, str(tmp_path / "no-such-model"), "--out", str(tmp_path / "a" / "b" / "art"))
+    assert "no such directory" in err and list(tmp_path.iterdir()) == []
+
+
 def test_broken_config_json_is_one_line(qwen3_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = _variant(qwen3_dir, tmp_path / "m")
     (model / "config.json").write_text('{"model_type": "qwen3",\n "hidden_size": 64,,}')

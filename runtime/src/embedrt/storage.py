@@ -73,6 +73,15 @@ def _remove_abandoned(final: Path) -> None:
             os.close(fd)
 
 
+def _remove_empty(directories: list[Path]) -> None:
+    """Remove the parents a failed writer created (deepest first), where nothing else was put in them."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+
+
 @contextmanager
 def atomic_directory(final: Path, *, replace: bool = True) -> Iterator[Path]:
     """Yield an empty staging directory that becomes ``final`` if the block completes without error.
@@ -80,9 +89,14 @@ def atomic_directory(final: Path, *, replace: bool = True) -> Iterator[Path]:
     ``replace=False``: if ``final`` appeared meanwhile (another writer finished first), raise
     ``FileExistsError`` instead of replacing it; the staging directory is removed either way.
     """
+    created = [p for p in (final.parent, *final.parent.parents) if not p.exists()]  # removed again on failure
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned(final)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-", dir=final.parent))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-", dir=final.parent))
+    except BaseException:
+        _remove_empty(created)
+        raise
     fd = None
     try:
         fd = _lock(staging)  # a fresh directory: nobody else can hold it
@@ -99,6 +113,7 @@ def atomic_directory(final: Path, *, replace: bool = True) -> Iterator[Path]:
             os.replace(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        _remove_empty(created)
         raise
     finally:
         if fd is not None:
