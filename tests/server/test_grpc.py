@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+
 import grpc
 import numpy as np
 import pytest
-from _serving import Served
+from _serving import Served, serve
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from embedrt import Embedder
+from embedrt.config import SchedulerConfig
 from embedrt.server import SERVICE_NAME, pb2
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "naïve café — 東京タワー 🚀", "x",
@@ -104,3 +108,30 @@ def test_a_failing_request_ends_its_stream_with_its_status(served: Served) -> No
     with pytest.raises(grpc.RpcError) as info:
         next(replies)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_many_streams_are_slowed_down_not_failed(artefact: Path) -> None:
+    """100 streams of 10 requests against room for 16 admitted requests: back-pressure, no RESOURCE_EXHAUSTED."""
+    served = serve(artefact, scheduler=SchedulerConfig(max_queued_requests=16))
+    try:
+        rejected_before = served.metric("embedrt_errors_total", transport="grpc", code="RESOURCE_EXHAUSTED")
+        results: dict[int, list[int] | BaseException] = {}
+
+        def stream(n: int) -> None:
+            requests = [pb2.EmbedRequest(inputs=[f"stream {n} request {i}"]) for i in range(10)]
+            try:
+                results[n] = [len(r.embeddings) for r in served.stub.EmbedStream(iter(requests), timeout=60)]
+            except grpc.RpcError as exc:
+                results[n] = exc
+
+        threads = [threading.Thread(target=stream, args=(n,)) for n in range(100)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(90)
+        failed = {n: r for n, r in results.items() if isinstance(r, BaseException)}
+        assert not failed, f"{len(failed)} streams failed, e.g. {next(iter(failed.values()))}"
+        assert len(results) == 100 and all(r == [1] * 10 for r in results.values())
+        assert served.metric("embedrt_errors_total", transport="grpc", code="RESOURCE_EXHAUSTED") == rejected_before
+    finally:
+        served.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,12 @@ from grpc_reflection.v1alpha import reflection
 
 from ..config import ServerConfig
 from ..core import EmbedRequest, EmbedResult
-from ..errors import ConfigError, InvalidInputError, status_for
+from ..errors import ConfigError, InvalidInputError, OverloadedError, status_for
 from .state import Phase, ServingState
 from .stubs import SERVICE_NAME, pb2
 
 _STREAM_WINDOW = 64  # requests one stream may have in flight; past it the stream is flow-controlled
+_RETRY_MAX = 0.05  # seconds between admission retries of a stream with nothing of its own in flight
 
 
 class _Unparsable:
@@ -86,15 +88,41 @@ class EmbedderService:
         self.state.metrics.request("grpc", "OK", time.perf_counter() - started)
         return reply
 
+    async def _admit(self, request: EmbedRequest,
+                     own: deque[asyncio.Future[EmbedResult]]) -> asyncio.Future[EmbedResult]:
+        """Submit one request of a stream; while the server is full, wait instead of failing the stream.
+
+        Back-pressure: the stream is not read while it waits, so HTTP/2 flow control slows its sender.
+        It waits for one of its own requests to finish (that frees room), or with nothing of its own
+        in flight retries with a short backoff; only the call's deadline ends the wait.
+        """
+        backoff = 0.001
+        while True:
+            try:
+                return asyncio.wrap_future(self.state.scheduler_or_raise().submit(request))
+            except OverloadedError:
+                left = None if request.deadline is None else request.deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise
+                while own and own[0].done():
+                    own.popleft()
+                if own:
+                    await asyncio.wait([own[0]], timeout=left)
+                else:
+                    await asyncio.sleep(backoff if left is None else min(backoff, left))
+                    backoff = min(backoff * 2, _RETRY_MAX)
+
     async def EmbedStream(self, requests: AsyncIterator[Any],
                           context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         # A reader task submits requests as they arrive (pipelining); replies go out in request order.
         pending: asyncio.Queue[Any] = asyncio.Queue(_STREAM_WINDOW)
+        own: deque[asyncio.Future[EmbedResult]] = deque()  # this stream's submitted requests, oldest first
 
         async def read() -> None:
             try:
                 async for msg in requests:
-                    submitted = asyncio.ensure_future(self.state.embed(to_request(msg, context)))
+                    submitted = await self._admit(to_request(msg, context), own)
+                    own.append(submitted)
                     await pending.put((time.perf_counter(), submitted))
             except Exception as exc:
                 await pending.put((time.perf_counter(), exc))
