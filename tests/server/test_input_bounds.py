@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _serving import Served
 from tokenizers import Tokenizer
 
 from embedrt import Embedder
@@ -64,3 +66,20 @@ def test_over_length_is_detected_from_a_prefix(library: Embedder) -> None:
 def test_non_text_input_is_invalid_input(library: Embedder, texts: object) -> None:
     with pytest.raises(InvalidInputError):
         library.embed(texts)  # type: ignore[arg-type]
+
+
+def test_huge_texts_do_not_stall_a_small_request(served: Served) -> None:
+    huge = WORDS * (10_000_000 // len(WORDS))
+    results: list[int] = []
+    posters = [threading.Thread(target=lambda: results.append(
+        served.http.post("/v1/embeddings", json={"input": [huge]}).status_code)) for _ in range(2)]
+    for poster in posters:
+        poster.start()
+    time.sleep(0.2)  # the huge requests are uploading / being tokenized
+    started = time.perf_counter()
+    small = served.http.post("/v1/embeddings", json={"input": "tiny"})
+    waited = time.perf_counter() - started
+    for poster in posters:
+        poster.join(30)
+    assert small.status_code == 200 and results == [200, 200]
+    assert waited < 1.0, f"a tiny request waited {waited:.2f}s behind two 10 MB texts"
