@@ -110,9 +110,12 @@ def test_a_failing_request_ends_its_stream_with_its_status(served: Served) -> No
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_many_streams_are_slowed_down_not_failed(artefact: Path) -> None:
-    """100 streams of 10 requests against room for 16 admitted requests: back-pressure, no RESOURCE_EXHAUSTED."""
-    served = serve(artefact, scheduler=SchedulerConfig(max_queued_requests=16))
+@pytest.mark.parametrize("limit", [{"max_queued_requests": 16}, {"max_queued_tokens": 64}],
+                         ids=["requests", "tokens"])
+def test_many_streams_are_slowed_down_not_failed(artefact: Path, limit: dict[str, int]) -> None:
+    """100 streams of 10 requests against room for 16 admitted requests, or for 64 queued tokens (checked
+    after tokenizing, so a request already admitted is refused): back-pressure, no RESOURCE_EXHAUSTED."""
+    served = serve(artefact, scheduler=SchedulerConfig(**limit))
     try:
         rejected_before = served.metric("embedrt_errors_total", transport="grpc", code="RESOURCE_EXHAUSTED")
         results: dict[int, list[int] | BaseException] = {}

@@ -112,6 +112,23 @@ class EmbedderService:
                     await asyncio.sleep(backoff if left is None else min(backoff, left))
                     backoff = min(backoff * 2, _RETRY_MAX)
 
+    async def _result(self, work: asyncio.Future[EmbedResult], request: EmbedRequest,
+                      own: deque[asyncio.Future[EmbedResult]]) -> EmbedResult:
+        """The stream's next result. A request refused after admission (``--max-queue-tokens`` is checked
+        once it is tokenized) is submitted again after a short backoff instead of ending the stream;
+        only the call's deadline ends the retries."""
+        backoff = 0.001
+        while True:
+            try:
+                return await work
+            except OverloadedError:
+                left = None if request.deadline is None else request.deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise
+                await asyncio.sleep(backoff if left is None else min(backoff, left))
+                backoff = min(backoff * 2, _RETRY_MAX)
+                work = await self._admit(request, own)
+
     async def EmbedStream(self, requests: AsyncIterator[Any],
                           context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         # A reader task submits requests as they arrive (pipelining); replies go out in request order.
@@ -121,21 +138,22 @@ class EmbedderService:
         async def read() -> None:
             try:
                 async for msg in requests:
-                    submitted = await self._admit(to_request(msg, context), own)
+                    request = to_request(msg, context)
+                    submitted = await self._admit(request, own)
                     own.append(submitted)
-                    await pending.put((time.perf_counter(), submitted))
+                    await pending.put((time.perf_counter(), submitted, request))
             except Exception as exc:
-                await pending.put((time.perf_counter(), exc))
+                await pending.put((time.perf_counter(), exc, None))
             await pending.put(None)
 
         reader = asyncio.create_task(read())
         started = time.perf_counter()
         try:
             while (item := await pending.get()) is not None:
-                started, work = item
+                started, work, request = item
                 if isinstance(work, BaseException):
                     raise work
-                reply = to_reply(await work, self.state.model)
+                reply = to_reply(await self._result(work, request, own), self.state.model)
                 self.state.metrics.request("grpc", "OK", time.perf_counter() - started)
                 yield reply
         except asyncio.CancelledError:
