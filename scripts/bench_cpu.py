@@ -223,7 +223,7 @@ def markdown(groups: list[dict[str, Any]], args: argparse.Namespace, facts: dict
              f"{date.today()}: {facts['model']}, {facts['cores']} cores, ISA: {facts['isa']}; {versions}. "
              f"{n_texts} English texts of 8-250 tokens, batches of 32, {args.threads} threads everywhere, strings "
              f"in and unit vectors out; every side in its own process, warmed up, then {args.passes} timed passes "
-             "taken in turn (median shown). Load average (1 min) when the run began: {facts['load']}; the "
+             f"taken in turn (median shown). Load average (1 min) when the run began: {facts['load']}; the "
              "ratios are taken within one run, on the same inputs.", ""]
     for group in groups:
         rows = group["rows"]
