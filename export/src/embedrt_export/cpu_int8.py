@@ -92,7 +92,7 @@ def quantize_per_token(model: onnx.ModelProto, nodes: Sequence[str], weight_bits
     ``model`` must hold its weights (loaded with external data). Nodes that do not fit (another op
     type, a weight that is not a 2-D float initializer) stay float and are listed in ``skipped``.
     Nodes also in ``per_tensor`` get one activation scale per run instead (``DynamicQuantizeMatMul``,
-    see ``norm_fed``), with a following bias ``Add`` folded in.
+    see ``norm_fed_groups``), with a following bias ``Add`` folded in.
     """
     if weight_bits not in (7, 8):
         raise ValueError(f"weight_bits must be 7 or 8 (got {weight_bits})")
@@ -113,16 +113,12 @@ def quantize_per_token(model: onnx.ModelProto, nodes: Sequence[str], weight_bits
     done: list[str] = []
     skipped: dict[str, str] = {}
     new_nodes: list[onnx.NodeProto] = []
-    weight_users: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            weight_users[name] = weight_users.get(name, 0) + 1
-    dropped: set[str] = set()
-
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
+    weight_users = {name: len(readers) for name, readers in consumers.items()}
+    dropped: set[str] = set()
     absorbed: set[str] = set()  # bias Adds folded into a DynamicQuantizeMatMul
 
     for node in graph.node:
@@ -138,14 +134,13 @@ def quantize_per_token(model: onnx.ModelProto, nodes: Sequence[str], weight_bits
             continue
         k, n = (int(d) for d in weight.dims)
         x = node.input[0]
+        wq, wscale = _quantize_weight(numpy_helper.to_array(weight), weight_bits)
+        wq_name, ws_name = f"{weight.name}/int8", f"{weight.name}/scale"
+        graph.initializer.extend([numpy_helper.from_array(wq, wq_name), numpy_helper.from_array(wscale, ws_name)])
+        weight_users[weight.name] -= 1
+        if weight_users[weight.name] == 0:
+            dropped.add(weight.name)
         if node.name in per_tensor:
-            wq, wscale = _quantize_weight(numpy_helper.to_array(weight), weight_bits)
-            wq_name, ws_name = f"{weight.name}/int8", f"{weight.name}/scale"
-            graph.initializer.extend([numpy_helper.from_array(wq, wq_name),
-                                      numpy_helper.from_array(wscale, ws_name)])
-            weight_users[weight.name] -= 1
-            if weight_users[weight.name] == 0:
-                dropped.add(weight.name)
             bias_add, bias = _bias_add(node.output[0], n, consumers, inits)
             inputs, output = [x, wq_name, ws_name], node.output[0]
             if bias_add is not None:
@@ -168,12 +163,6 @@ def quantize_per_token(model: onnx.ModelProto, nodes: Sequence[str], weight_bits
             lead = b.node(new_nodes, "Slice", [b.node(new_nodes, "Shape", [x], "shape"), zero1, minus1], "lead")
             per_input[x] = (q, column, lead)
         q, column, lead = per_input[x]
-        wq, wscale = _quantize_weight(numpy_helper.to_array(weight), weight_bits)
-        wq_name, ws_name = f"{weight.name}/int8", f"{weight.name}/scale"
-        graph.initializer.extend([numpy_helper.from_array(wq, wq_name), numpy_helper.from_array(wscale, ws_name)])
-        weight_users[weight.name] -= 1
-        if weight_users[weight.name] == 0:
-            dropped.add(weight.name)
         acc = b.node(new_nodes, "MatMulIntegerToFloat", [q, wq_name, one, ws_name, zp], "mm", domain=MS_DOMAIN)
         scaled = b.node(new_nodes, "Mul", [acc, column], "y")
         shape = b.node(new_nodes, "Concat", [lead, b.const(f"n{n}", np.array([n], np.int64))], "yshape", axis=0)
@@ -196,7 +185,8 @@ def _bias_add(output: str, n: int, consumers: dict[str, list[onnx.NodeProto]],
     readers = consumers.get(output, [])
     if len(readers) != 1 or readers[0].op_type != "Add" or len(readers[0].input) != 2:
         return None, ""
-    other = next(i for i in readers[0].input if i != output) if output in readers[0].input else ""
+    first, second = readers[0].input
+    other = second if first == output else first
     bias = inits.get(other)
     if bias is None or list(bias.dims) != [n] or bias.data_type != TensorProto.FLOAT:
         return None, ""

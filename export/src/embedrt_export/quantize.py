@@ -243,7 +243,7 @@ def _cpu_graph(work: _Work) -> GraphFile:
         log(f"  int8-cpu auto-exclude {'passed' if auto.passed else 'gave up'} in {auto.record['seconds']} s")
     if not report["passed"]:
         raise QuantizationError(_cpu_failure(report, auto), report)
-    fast, granularity = _per_tensor_search(work, out, plan, report)
+    fast, granularity, report = _per_tensor_search(work, out, plan, report)
     feed = max(work.held.batches, key=lambda b: int(b["attention_mask"].sum()))
     fp32_tps = quality.throughput(quality.open_session(work.source), feed)
     cpu_tps = quality.throughput(quality.open_session(out), feed)
@@ -304,42 +304,39 @@ def _cpu_attempt(work: _Work, out: Path, plan: int8_plan.Plan, per_tensor: tuple
 
 
 def _per_tensor_search(work: _Work, out: Path, plan: int8_plan.Plan, report: dict[str, Any]
-                       ) -> tuple[tuple[str, ...], dict[str, Any]]:
+                       ) -> tuple[tuple[str, ...], dict[str, Any], dict[str, Any]]:
     """Give norm-fed layer groups one activation scale per tensor where that costs no quality.
 
     Each group (``cpu_int8.norm_fed_groups``) is tried on top of those already taken; it is kept when
     the graph still passes the gate and its mean cosine stays within ``per_tensor_tolerance`` of the
-    all-per-token graph's. ``out`` ends up holding the graph with the groups kept; ``report`` is
-    updated to its figures.
+    all-per-token graph's (``report``). ``out`` ends up holding the graph with the groups kept.
+    Returns the layers kept, the manifest's record of the search and the gate report of ``out``.
     """
     tolerance = work.options.per_tensor_tolerance
     record: dict[str, Any] = {"tolerance": tolerance, "groups": [], "layers": []}
     if tolerance is None:
-        return (), record
+        return (), record, report
     model = onnx.load(str(work.source), load_external_data=False)
     groups = cpu_int8.norm_fed_groups(model, {n: int8_plan.role(plan.paths[n]) for n in plan.quantize})
-    base, kept, kept_report = report["mean_cosine"], (), None
+    base, kept = report["mean_cosine"], ()
     record["per_token_mean_cosine"] = base
     probe = work.stage / "probe-cpu.onnx"
     for name, nodes in groups.items():
         trial = kept + nodes
-        _cpu_build(work, probe, plan.quantize, trial)
-        got = quality.compare(work.held, work.held.embed(quality.open_session(probe)), work.options.gate)
+        got = _cpu_attempt(work, probe, plan, trial)
         accepted = bool(got["passed"] and got["mean_cosine"] >= base - tolerance)
         record["groups"].append({"group": name, "nodes": len(nodes), "mean_cosine": got["mean_cosine"],
                                  "min_cosine": got["min_cosine"], "kept": accepted})
         work.log(f"  int8-cpu: {name} with one scale per tensor -> mean cosine {got['mean_cosine']:.5f}, "
                  f"min {got['min_cosine']:.5f} ({'kept' if accepted else 'stays per token'})")
         if accepted:
-            kept, kept_report = trial, got
-    if kept_report is not None:
+            kept, report = trial, got
+    if kept:
         _cpu_build(work, out, plan.quantize, kept)
-        report.clear()
-        report.update(kept_report)
     for stale in (probe, probe.with_name(f"{probe.name}.data")):
         stale.unlink(missing_ok=True)
     record["layers"] = list(kept)
-    return kept, record
+    return kept, record, report
 
 
 def _cpu_probe(work: _Work, plan: int8_plan.Plan, key: str) -> list[dict[str, Any]]:
