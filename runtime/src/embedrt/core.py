@@ -194,13 +194,10 @@ class Scheduler:
     @classmethod
     def for_embedder(cls, embedder: Embedder, config: SchedulerConfig | None = None,
                      metrics: SchedulerMetrics | None = None) -> Scheduler:
-        """A scheduler for a loaded ``Embedder``: dimension range, prompts and special tokens from its artefact.
-
-        Reads the artefact's tokenizer.json once (for token-id input): call it off the event loop.
-        """
+        """A scheduler for a loaded ``Embedder``: dimension range, prompts and special tokens from its artefact."""
         manifest = embedder.manifest
         return cls(embedder, config, dimensions_range=manifest.dimensions_range, metrics=metrics,
-                   prompts=manifest.prompts, token_ids=TokenIdFormat.from_artefact(embedder.path, manifest))
+                   prompts=manifest.prompts, token_ids=embedder.token_id_format())
 
     # -- admission --------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from .config import BackendConfig, BatchingConfig
 from .errors import ArtefactError, BackendError, InvalidInputError, UnavailableError
 from .manifest import Manifest, load_manifest
 from .pooling import check_dimensions, finish, l2_normalize
-from .tokenizer import Encoded, TextTokenizer, validate_texts
+from .tokenizer import Encoded, TextTokenizer, TokenIdFormat, validate_texts
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,10 @@ class Embedder:
         if instruction is not None:
             items = [self._format_query(t, instruction) for t in items]
         return self._tokenizer.encode(items, truncate=truncate)
+
+    def token_id_format(self) -> TokenIdFormat | None:
+        """How token ids sent instead of text become this model's input (None: text only)."""
+        return self._tokenizer.token_id_format()
 
     def infer(self, items: Sequence[Encoded]) -> tuple[np.ndarray, np.ndarray]:
         """Unit vectors ``[n, hidden]`` and pre-normalisation norms ``[n]``, in the order of ``items``."""

@@ -100,6 +100,10 @@ class TextTokenizer:
                     raise InputTooLongError(i, self.count_tokens(texts[i][:cuts[i]]), self.max_length, at_least=cut)
         return [Encoded(np.asarray(enc.ids, dtype=np.int64)) for enc in encodings]
 
+    def token_id_format(self) -> TokenIdFormat | None:
+        """How client-sent token ids become model input for this tokenizer (``TokenIdFormat.probe``)."""
+        return TokenIdFormat.probe(self._truncating, self.max_length)
+
     def count_tokens(self, text: str) -> int:
         """Token count of ``text`` without truncation (special tokens included)."""
         with self._lock:
@@ -138,18 +142,16 @@ class TokenIdFormat:
         self.room = max_length - len(self.prefix) - len(self.suffix)
 
     @classmethod
-    def from_artefact(cls, artefact: Path, manifest: Manifest) -> TokenIdFormat | None:
-        """None when the post-processor does not simply wrap the ids (then only text is accepted)."""
-        tok = Tokenizer.from_file(str(Path(artefact) / "tokenizer.json"))
-        tok.no_truncation()
-        tok.no_padding()
-        probe = "hello world"
+    def probe(cls, tok: Tokenizer, max_length: int) -> TokenIdFormat | None:
+        """What ``tok``'s post-processor adds around a short text; None when it does not simply wrap the
+        ids (then only text is accepted)."""
+        probe = "hello world"  # far shorter than any max_length: truncation, if set, does not apply
         plain = tok.encode(probe, add_special_tokens=False).ids
         full = tok.encode(probe).ids
         for start in range(len(full) - len(plain) + 1):
             if plain and full[start:start + len(plain)] == plain:
                 return cls(full[:start], full[start + len(plain):], tok.get_vocab_size(with_added_tokens=True),
-                           manifest.max_length)
+                           max_length)
         return None
 
     def encode(self, sequences: Sequence[Sequence[int]], truncate: bool = True) -> list[Encoded]:

@@ -103,7 +103,7 @@ class EmbeddingServer:
 
     def _load_model(self) -> tuple[Embedder, Scheduler]:
         embedder = self._loader()
-        try:  # for_embedder reads the tokenizer once more (token-id input): off the event loop too
+        try:
             return embedder, Scheduler.for_embedder(embedder, self.scheduler_config, self.state.metrics)
         except BaseException:
             embedder.close()
