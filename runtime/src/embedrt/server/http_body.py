@@ -135,10 +135,10 @@ class BodyLimits:
         try:
             _check_content_type(scope)
             timeout = self.config.body_timeout_s
-            try:
-                async with asyncio.timeout(timeout if timeout > 0 else None):
-                    body = await read_body(scope, receive, self.config.max_message_bytes)
-            except TimeoutError:
+            try:  # wait_for, not asyncio.timeout: the runtime supports Python 3.10
+                body = await asyncio.wait_for(read_body(scope, receive, self.config.max_message_bytes),
+                                              timeout if timeout > 0 else None)
+            except asyncio.TimeoutError:
                 raise RequestTimeoutError(f"the request body did not arrive within {timeout:g} s "
                                           "(--body-timeout / EMBEDRT_BODY_TIMEOUT)") from None
         except EmbedrtError as exc:
