@@ -243,20 +243,20 @@ class Scheduler:
             raise InvalidFieldError("dimensions", str(exc)) from None
 
     def _check_query(self, request: EmbedRequest) -> None:
-        takes_task = "{task}" in self._prompts.query
-        if request.instruction is not None and not takes_task:
+        if request.instruction is None and not request.query:
+            return  # not a query: no template applies
+        problem = self._prompts.task_problem(request.instruction)
+        if problem == "unwanted":
             raise InvalidFieldError("instruction", f"this model takes no instruction (its query template is "
                                     f"{self._prompts.query!r}); omit it, or set `query` to format texts as queries")
-        if (request.query or request.instruction is not None) and takes_task and not (
-                request.instruction or self._prompts.default_task):
+        if problem == "missing":
             raise InvalidFieldError("instruction", "this model's query template needs a task and it has no default; "
                                     "send a non-empty instruction")
 
     def _format(self, request: EmbedRequest) -> tuple[str, ...]:
         if request.instruction is None and not request.query:
             return request.texts
-        task = request.instruction or None
-        return tuple(self._prompts.format_query(text, task) for text in request.texts)
+        return tuple(self._prompts.format_query(text, request.instruction) for text in request.texts)
 
     def _release(self, job: _Job) -> None:
         with self._cond:

@@ -171,14 +171,14 @@ class Embedder:
         """The query template applied; ``task`` None takes the default. One rule for ``embed(instruction=)``
         and ``embed_queries(task=)``: a task given to a model whose template has no place for it is refused."""
         prompts = self.manifest.prompts
-        takes_task = "{task}" in prompts.query
-        if task is not None and not takes_task:
+        problem = prompts.task_problem(task)
+        if problem == "unwanted":
             raise InvalidInputError(f"model {self.manifest.name!r} takes no query task (its query template is "
                                     f"{prompts.query!r}); embed the texts without a task (omit task= / instruction=)")
-        if takes_task and not (task or prompts.default_task):
+        if problem == "missing":
             raise InvalidInputError(f"model {self.manifest.name!r} needs a query task (its template is "
                                     f"{prompts.query!r} and it has no default); pass task=... / instruction=...")
-        return prompts.format_query(text, task or None)
+        return prompts.format_query(text, task)
 
     @contextmanager
     def _in_flight(self) -> Iterator[Backend]:

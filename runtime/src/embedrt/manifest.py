@@ -38,8 +38,19 @@ class Prompts:
     document: str = "{text}"
     default_task: str | None = None
 
+    def task_problem(self, task: str | None) -> str | None:
+        """Why a query cannot be formatted with ``task`` (None or empty: the default): ``"unwanted"`` when
+        a task is given and the template has no place for one, ``"missing"`` when the template needs one
+        and there is no default; None when it can. Callers word the error for their own users."""
+        takes_task = "{task}" in self.query
+        if task is not None and not takes_task:
+            return "unwanted"
+        if takes_task and not (task or self.default_task):
+            return "missing"
+        return None
+
     def format_query(self, text: str, task: str | None = None) -> str:
-        task = task if task is not None else self.default_task
+        task = task or self.default_task
         if "{task}" in self.query and not task:
             raise ArtefactError("this model's query template needs a task; pass task=...")
         return self.query.replace("{task}", task or "").replace("{text}", text)
