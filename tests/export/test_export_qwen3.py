@@ -25,7 +25,7 @@ def test_manifest_describes_qwen3(qwen3_artefact: Path) -> None:
     assert m.hidden_size == 64
     assert m.max_length == 128
     assert m.matryoshka == (32, 64)
-    assert m.prompts.query == "Instruct: {task}\nQuery:{text}"
+    assert m.prompts.query == "Instruct: {instruction}\nQuery:{text}"
     assert m.prompts.format_query("hi", "Find docs") == "Instruct: Find docs\nQuery:hi"
     assert m.end_of_text.token == "<|endoftext|>" and m.end_of_text.appended_by_tokenizer
     assert m.pad_token_id == m.end_of_text.token_id

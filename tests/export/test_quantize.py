@@ -252,8 +252,10 @@ def test_calibration_files(tmp_path: Path) -> None:
     txt.write_text("one\n\ntwo\n", encoding="utf-8")
     assert [r.text for r in load_records(txt)] == ["one", "two"]
     jl = tmp_path / "c.jsonl"
-    jl.write_text(json.dumps({"text": "q", "kind": "query", "task": "t"}) + "\n" + json.dumps("plain") + "\n")
-    assert [(r.text, r.kind, r.task) for r in load_records(jl)] == [("q", "query", "t"), ("plain", "document", None)]
+    jl.write_text("\n".join(json.dumps(x) for x in ({"text": "q", "kind": "query", "instruction": "i"}, "plain",
+                                                      {"text": "q2", "kind": "query", "task": "t"})) + "\n")
+    assert [(r.text, r.kind, r.instruction) for r in load_records(jl)] == [
+        ("q", "query", "i"), ("plain", "document", None), ("q2", "query", "t")]  # "task": the earlier name
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")
     with pytest.raises(QuantizationError, match=r"bad\.jsonl:1"):

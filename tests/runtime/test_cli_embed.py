@@ -22,10 +22,13 @@ def test_texts_to_stdout_json(qwen3_artefact: Path, qwen3: Embedder, capsys: pyt
     np.testing.assert_allclose(got, qwen3.embed(["hello world", ""]), atol=1e-7)
 
 
-def test_query_task_and_dimensions(qwen3_artefact: Path, qwen3: Embedder, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["embed", str(qwen3_artefact), "rope", "--query-task", "Find papers", "--dimensions", "32"]) == 0
+@pytest.mark.parametrize("flag", ["--instruction", "--query-task"])  # --query-task: the older spelling
+def test_instruction_and_dimensions(qwen3_artefact: Path, qwen3: Embedder, capsys: pytest.CaptureFixture[str],
+                                    flag: str) -> None:
+    assert main(["embed", str(qwen3_artefact), "rope", flag, "Find papers", "--dimensions", "32"]) == 0
     got = np.array(json.loads(capsys.readouterr().out)["data"][0]["embedding"], dtype=np.float32)
-    np.testing.assert_allclose(got, qwen3.embed_queries(["rope"], task="Find papers", dimensions=32)[0], atol=1e-7)
+    want = qwen3.embed_queries(["rope"], instruction="Find papers", dimensions=32)[0]
+    np.testing.assert_allclose(got, want, atol=1e-7)
     assert main(["embed", str(qwen3_artefact), "rope", "--query"]) == 0
     got = np.array(json.loads(capsys.readouterr().out)["data"][0]["embedding"], dtype=np.float32)
     np.testing.assert_allclose(got, qwen3.embed_queries(["rope"])[0], atol=1e-7)

@@ -74,10 +74,10 @@ def test_query_instruction_format_is_exact(qwen3: Embedder, qwen3_artefact: Path
     assert item.ids.tolist() == tok.encode("Instruct: Find papers\nQuery:what is rope?").ids
     by_instruction = qwen3.embed(["what is rope?"], instruction="Find papers")
     np.testing.assert_array_equal(by_instruction, qwen3.embed(["Instruct: Find papers\nQuery:what is rope?"]))
-    np.testing.assert_array_equal(qwen3.embed_queries(["what is rope?"], task="Find papers"), by_instruction)
-    task = qwen3.manifest.prompts.default_task
+    np.testing.assert_array_equal(qwen3.embed_queries(["what is rope?"], instruction="Find papers"), by_instruction)
+    default = qwen3.manifest.prompts.default_instruction
     np.testing.assert_array_equal(qwen3.embed_queries(["what is rope?"]),
-                                  qwen3.embed([f"Instruct: {task}\nQuery:what is rope?"]))
+                                  qwen3.embed([f"Instruct: {default}\nQuery:what is rope?"]))
     np.testing.assert_array_equal(qwen3.embed_documents(["what is rope?"]), qwen3.embed(["what is rope?"]))
 
 

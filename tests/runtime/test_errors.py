@@ -13,9 +13,11 @@ import embedrt.embedder
 from embedrt import (
     ArtefactError,
     BackendError,
+    DeadlineExceededError,
     Embedder,
     EngineMismatchError,
     InputTooLongError,
+    InvalidFieldError,
     InvalidInputError,
     UnavailableError,
 )
@@ -42,6 +44,15 @@ def test_too_long_without_truncation(qwen3: Embedder) -> None:
     assert f"input 1 has {count} tokens" in str(err) and "truncate=True" in str(err)
     assert status_for(err) == ("INVALID_ARGUMENT", 400)
     assert qwen3.embed(["short"], truncate=False).shape == (1, 64)  # within the limit: fine
+
+
+def test_a_passed_deadline_is_deadline_exceeded_not_unavailable() -> None:
+    from embedrt.server.http_errors import error_parts
+
+    late = DeadlineExceededError("the request's deadline passed while it was queued")
+    assert status_for(late) == ("DEADLINE_EXCEEDED", 504)
+    status, body, _ = error_parts(late)
+    assert status == 504 and b'"timeout_error"' in body
 
 
 def test_dimensions_outside_range(qwen3: Embedder, minilm: Embedder) -> None:
@@ -121,15 +132,16 @@ def test_auto_falls_back_to_onnxruntime_when_engines_do_not_fit(qwen3_artefact: 
         assert embedder.embed(["x"]).shape == (1, 64)
 
 
-def test_task_on_a_model_without_a_task_template_is_refused_by_every_verb(minilm: Embedder) -> None:
-    """embed(instruction=...) and embed_queries(task=...) are one behaviour: refused, not silently ignored."""
+def test_instruction_on_a_model_without_an_instruction_template_is_refused_by_every_verb(minilm: Embedder) -> None:
+    """embed(instruction=...) and embed_queries(instruction=...) are one behaviour: refused, not silently ignored."""
     for call in (lambda: minilm.embed(["x"], instruction="Find things"),
-                 lambda: minilm.embed_queries(["x"], task="Find things"),
+                 lambda: minilm.embed_queries(["x"], instruction="Find things"),
                  lambda: minilm.prepare(["x"], instruction="")):
-        with pytest.raises(InvalidInputError, match="takes no query task") as info:
+        with pytest.raises(InvalidFieldError, match="takes no instruction") as info:
             call()
-        assert "'{text}'" in str(info.value) and "without a task" in str(info.value)
-    np.testing.assert_array_equal(minilm.embed_queries(["x"]), minilm.embed(["x"]))  # no task: fine
+        assert info.value.field == "instruction" and isinstance(info.value, InvalidInputError)
+        assert "'{text}'" in str(info.value) and "leave the instruction out" in str(info.value)
+    np.testing.assert_array_equal(minilm.embed_queries(["x"]), minilm.embed(["x"]))  # no instruction: fine
 
 
 def test_precision_hint_names_only_commands_that_exist(qwen3_artefact: Path) -> None:

@@ -1,7 +1,7 @@
 """Texts for INT8 calibration and for the quality gate, tokenized the way the runtime tokenizes them.
 
 The shipped sets (``data/calibration.jsonl``, ``data/heldout.jsonl``) are disjoint. Queries are
-stored raw with a task and formatted with the artefact's own query template, so a Qwen3 artefact
+stored raw with an instruction and formatted with the artefact's own query template, so a Qwen3 artefact
 calibrates on ``Instruct: ...\\nQuery:...`` strings and a BERT one on plain text.
 """
 
@@ -30,11 +30,12 @@ Feed = dict[str, np.ndarray]
 class Record:
     text: str
     kind: str = "document"  # "query" texts get the model's query template
-    task: str | None = None
+    instruction: str | None = None  # for queries of instruction-tuned models
 
 
 def load_records(path: Path) -> list[Record]:
-    """A .txt file (one text per line) or .jsonl (``{"text", "kind"?, "task"?}`` or a bare string)."""
+    """A .txt file (one text per line) or .jsonl (``{"text", "kind"?, "instruction"?}`` or a bare string;
+    ``"task"`` is the earlier name of ``"instruction"``, as in the shipped sets)."""
     if not path.is_file():
         raise QuantizationError(f"calibration file {path} does not exist")
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -49,7 +50,8 @@ def load_records(path: Path) -> list[Record]:
         if isinstance(item, str):
             records.append(Record(item))
         elif isinstance(item, dict) and isinstance(item.get("text"), str):
-            records.append(Record(item["text"], item.get("kind", "document"), item.get("task")))
+            records.append(Record(item["text"], item.get("kind", "document"),
+                                  item.get("instruction", item.get("task"))))  # "task": the earlier name
         else:
             raise QuantizationError(f"{path}:{number} needs a \"text\" string field")
     return records
@@ -58,8 +60,9 @@ def load_records(path: Path) -> list[Record]:
 def format_records(records: Sequence[Record], manifest: Manifest) -> list[str]:
     """Apply the artefact's prompt templates: the model sees what it will see in serving."""
     prompts = manifest.prompts
-    return [prompts.format_query(r.text, r.task) if r.kind == "query" else prompts.format_document(r.text)
-            for r in records]
+    # A set written for an instruction model (records with an instruction) also calibrates one without.
+    return [prompts.format_query(r.text, r.instruction if prompts.takes_instruction else None) if r.kind == "query"
+            else prompts.format_document(r.text) for r in records]
 
 
 class TextEncoder:

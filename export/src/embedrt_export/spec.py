@@ -16,8 +16,8 @@ from embedrt.manifest import EndOfText, Prompts
 
 from .errors import ExportError
 
-QWEN3_QUERY_TEMPLATE = "Instruct: {task}\nQuery:{text}"
-QWEN3_DEFAULT_TASK = "Given a web search query, retrieve relevant passages that answer the query"
+QWEN3_QUERY_TEMPLATE = "Instruct: {instruction}\nQuery:{text}"
+QWEN3_DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class FamilyDefaults:
     matryoshka_min: int | None  # smallest Matryoshka size, None: full size only
     default_max_length: int
     query_template: str = "{text}"
-    default_task: str | None = None
+    default_instruction: str | None = None
     # Padding sides that leave results unchanged. Absolute position embeddings (BERT family) shift
     # under left padding, in the reference model too, so only right padding is valid there.
     padding_sides: tuple[str, ...] = ("right",)
@@ -42,7 +42,8 @@ class FamilyDefaults:
 _QWEN3_FUSED = (("Attention", 1), ("RotaryEmbedding", 2), ("RMSNormalization", 4))
 
 _FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {
-    "qwen3": FamilyDefaults("last_token", True, 32, 8192, QWEN3_QUERY_TEMPLATE, QWEN3_DEFAULT_TASK, ("left", "right"),
+    "qwen3": FamilyDefaults("last_token", True, 32, 8192, QWEN3_QUERY_TEMPLATE, QWEN3_DEFAULT_INSTRUCTION,
+                            ("left", "right"),
                             _QWEN3_FUSED, (("RMSNormalization", 1),)),
     "bert": FamilyDefaults("mean", False, None, 512, fused_per_layer=(("Attention", 1),)),
     "xlm-roberta": FamilyDefaults("cls", False, None, 512),
@@ -97,7 +98,7 @@ def _pooling_from_st(model_dir: Path) -> tuple[str | None, bool | None]:
 
 
 def _query_prompt(model_dir: Path) -> tuple[str | None, str | None]:
-    """(query template, default task) from a sentence-transformers "query" prompt like Qwen3's."""
+    """(query template, default instruction) from a sentence-transformers "query" prompt like Qwen3's."""
     cfg = _read_json(model_dir / "config_sentence_transformers.json")
     prompt = cfg.get("prompts", {}).get("query") if isinstance(cfg, dict) else None
     if not prompt:
@@ -153,7 +154,7 @@ def detect_spec(model_dir: Path, max_length: int | None = None) -> ModelSpec:
         pad_token_id=int(pad_id if pad_id is not None else 0),
         end_of_text=eot,
         prompts=Prompts(query=template or family.query_template, document="{text}",
-                        default_task=task or family.default_task),
+                        default_instruction=task or family.default_instruction),
         matryoshka=(family.matryoshka_min, hidden) if family.matryoshka_min else None,
         tokenizer_files=tokenizer_files,
         padding_sides=family.padding_sides,

@@ -7,14 +7,17 @@ from .embedder import Embedder
 from .errors import (
     ArtefactError,
     BackendError,
+    DeadlineExceededError,
     EmbedrtError,
     EngineMismatchError,
     InputTooLongError,
+    InvalidFieldError,
     InvalidInputError,
     OverloadedError,
     UnavailableError,
 )
 from .manifest import Manifest, load_manifest
+from .prompts import Prompts
 from .tokenizer import Encoded
 
 __version__ = "0.1.0"
@@ -24,14 +27,17 @@ __all__ = [
     "BackendConfig",
     "BackendError",
     "BatchingConfig",
+    "DeadlineExceededError",
     "Embedder",
     "EmbedrtError",
     "Encoded",
     "EngineMismatchError",
     "InputTooLongError",
+    "InvalidFieldError",
     "InvalidInputError",
     "Manifest",
     "OverloadedError",
+    "Prompts",
     "UnavailableError",
     "__version__",
     "load_manifest",

@@ -32,33 +32,23 @@ import numpy as np
 from .config import SchedulerConfig
 from .errors import (
     BackendError,
+    DeadlineExceededError,
     EmbedrtError,
     InputTooLongError,
+    InvalidFieldError,
     InvalidInputError,
     InvalidTextError,
     OverloadedError,
     UnavailableError,
 )
-from .manifest import Prompts
 from .pooling import check_dimensions
+from .prompts import Prompts
 from .tokenizer import Encoded, TokenIdFormat
 
 if TYPE_CHECKING:
     from .embedder import Embedder
 
 log = logging.getLogger(__name__)
-
-
-class DeadlineExceededError(UnavailableError):
-    """The request's deadline passed before the backend could run it: the server is too busy."""
-
-
-class InvalidFieldError(InvalidInputError):
-    """Invalid input attributed to one request field, so each transport can name it in its own terms."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"invalid `{field}`: {message}")
-        self.field, self.detail = field, message
 
 
 @dataclass(frozen=True)
@@ -243,15 +233,8 @@ class Scheduler:
             raise InvalidFieldError("dimensions", str(exc)) from None
 
     def _check_query(self, request: EmbedRequest) -> None:
-        if request.instruction is None and not request.query:
-            return  # not a query: no template applies
-        problem = self._prompts.task_problem(request.instruction)
-        if problem == "unwanted":
-            raise InvalidFieldError("instruction", f"this model takes no instruction (its query template is "
-                                    f"{self._prompts.query!r}); omit it, or set `query` to format texts as queries")
-        if problem == "missing":
-            raise InvalidFieldError("instruction", "this model's query template needs a task and it has no default; "
-                                    "send a non-empty instruction")
+        if request.instruction is not None or request.query:  # else not a query: no template applies
+            self._prompts.check_instruction(request.instruction)
 
     def _format(self, request: EmbedRequest) -> tuple[str, ...]:
         if request.instruction is None and not request.query:
@@ -429,10 +412,8 @@ class Scheduler:
 
 
 __all__ = [
-    "DeadlineExceededError",
     "EmbedRequest",
     "EmbedResult",
-    "InvalidFieldError",
     "Scheduler",
     "SchedulerMetrics",
 ]

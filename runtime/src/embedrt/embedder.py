@@ -22,7 +22,7 @@ import numpy as np
 from .backends import Backend, create_backend
 from .batching import CPU_BATCHING, collate, plan
 from .config import BackendConfig, BatchingConfig
-from .errors import ArtefactError, BackendError, InvalidInputError, UnavailableError
+from .errors import ArtefactError, BackendError, UnavailableError
 from .manifest import Manifest, load_manifest
 from .pooling import check_dimensions, finish, l2_normalize
 from .tokenizer import Encoded, TextTokenizer, TokenIdFormat, validate_texts
@@ -93,7 +93,7 @@ class Embedder:
         """Validate, apply the instruction (query template), tokenize."""
         items = validate_texts(texts)
         if instruction is not None:
-            items = [self._format_query(t, instruction) for t in items]
+            items = [self.manifest.prompts.format_query(t, instruction) for t in items]
         return self._tokenizer.encode(items, truncate=truncate)
 
     def token_id_format(self) -> TokenIdFormat | None:
@@ -130,15 +130,17 @@ class Embedder:
 
     def embed(self, texts: Sequence[str], *, instruction: str | None = None, dimensions: int | None = None,
               normalize: bool = True, truncate: bool = True) -> np.ndarray:
-        """float32 ``[n, d]`` in input order. ``instruction``: the query task for instruction models."""
+        """float32 ``[n, d]`` in input order. ``instruction``: format the texts as queries with it
+        (instruction-tuned models)."""
         dims = check_dimensions(dimensions, self.manifest.dimensions_range)  # fail before any work
         vectors, norms = self.infer(self.prepare(texts, instruction=instruction, truncate=truncate))
         return finish(vectors, norms, dims, normalize)
 
-    def embed_queries(self, texts: Sequence[str], task: str | None = None, **kw: Any) -> np.ndarray:
-        """Texts as queries, formatted by the manifest's query template (default task if none given)."""
-        formatted = [self._format_query(t, task) for t in validate_texts(texts)]
-        return self.embed(formatted, **kw)
+    def embed_queries(self, texts: Sequence[str], instruction: str | None = None, **kw: Any) -> np.ndarray:
+        """Texts as queries, formatted by the manifest's query template (its default instruction if none
+        is given). ``embed(texts, instruction=...)`` is the same call with the instruction required."""
+        prompts = self.manifest.prompts
+        return self.embed([prompts.format_query(t, instruction) for t in validate_texts(texts)], **kw)
 
     def embed_documents(self, texts: Sequence[str], **kw: Any) -> np.ndarray:
         """Texts as documents, formatted by the manifest's document template."""
@@ -157,7 +159,7 @@ class Embedder:
             "pooling": self.manifest.pooling,
             "normalize": self.manifest.normalize,
             "query_template": self.manifest.prompts.query,
-            "default_task": self.manifest.prompts.default_task,
+            "default_instruction": self.manifest.prompts.default_instruction,
             "backend": self.backend_name,
             "precision": self.precision,
             "backend_details": backend.describe() if backend is not None else {},
@@ -166,19 +168,6 @@ class Embedder:
         }
 
     # -- lifecycle -------------------------------------------------------------------------------
-
-    def _format_query(self, text: str, task: str | None) -> str:
-        """The query template applied; ``task`` None takes the default. One rule for ``embed(instruction=)``
-        and ``embed_queries(task=)``: a task given to a model whose template has no place for it is refused."""
-        prompts = self.manifest.prompts
-        problem = prompts.task_problem(task)
-        if problem == "unwanted":
-            raise InvalidInputError(f"model {self.manifest.name!r} takes no query task (its query template is "
-                                    f"{prompts.query!r}); embed the texts without a task (omit task= / instruction=)")
-        if problem == "missing":
-            raise InvalidInputError(f"model {self.manifest.name!r} needs a query task (its template is "
-                                    f"{prompts.query!r} and it has no default); pass task=... / instruction=...")
-        return prompts.format_query(text, task)
 
     @contextmanager
     def _in_flight(self) -> Iterator[Backend]:

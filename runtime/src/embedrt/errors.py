@@ -15,6 +15,15 @@ class InvalidInputError(EmbedrtError, ValueError):
     """The request itself is wrong: bad type, empty list where one is needed, bad option."""
 
 
+class InvalidFieldError(InvalidInputError):
+    """Invalid input attributed to one request field (``instruction``, ``dimensions``, ``inputs``), so each
+    transport can name the field in its own terms."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"invalid `{field}`: {message}")
+        self.field, self.detail = field, message
+
+
 class InputTooLongError(InvalidInputError):
     """A text exceeds the model's maximum length and truncation was turned off.
 
@@ -91,6 +100,10 @@ class UnavailableError(EmbedrtError):
     """The service is not ready yet or is shutting down."""
 
 
+class DeadlineExceededError(EmbedrtError):
+    """The request's deadline passed before it could be run: the server is too busy to answer in time."""
+
+
 def status_for(error: BaseException) -> tuple[str, int]:
     """Map an error to (gRPC status name, HTTP status): the only place where that happens."""
     if isinstance(error, RequestTooLargeError):  # what gRPC itself answers for an over-size message
@@ -107,6 +120,8 @@ def status_for(error: BaseException) -> tuple[str, int]:
         return "RESOURCE_EXHAUSTED", 429
     if isinstance(error, UnavailableError):
         return "UNAVAILABLE", 503
+    if isinstance(error, DeadlineExceededError):
+        return "DEADLINE_EXCEEDED", 504
     if isinstance(error, RequestTimeoutError):
         return "DEADLINE_EXCEEDED", 408
     if isinstance(error, ClientGoneError):  # 499: nginx's "client closed request"; never actually sent

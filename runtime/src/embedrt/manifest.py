@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ArtefactError
+from .prompts import Prompts
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -28,35 +29,6 @@ class TensorSpec:
     name: str
     dtype: str  # numpy dtype name: "int64", "float32"
     shape: tuple[str | int, ...]
-
-
-@dataclass(frozen=True)
-class Prompts:
-    """Text templates. ``{text}`` is the input; ``{task}`` the query instruction."""
-
-    query: str = "{text}"
-    document: str = "{text}"
-    default_task: str | None = None
-
-    def task_problem(self, task: str | None) -> str | None:
-        """Why a query cannot be formatted with ``task`` (None or empty: the default): ``"unwanted"`` when
-        a task is given and the template has no place for one, ``"missing"`` when the template needs one
-        and there is no default; None when it can. Callers word the error for their own users."""
-        takes_task = "{task}" in self.query
-        if task is not None and not takes_task:
-            return "unwanted"
-        if takes_task and not (task or self.default_task):
-            return "missing"
-        return None
-
-    def format_query(self, text: str, task: str | None = None) -> str:
-        task = task or self.default_task
-        if "{task}" in self.query and not task:
-            raise ArtefactError("this model's query template needs a task; pass task=...")
-        return self.query.replace("{task}", task or "").replace("{text}", text)
-
-    def format_document(self, text: str) -> str:
-        return self.document.replace("{text}", text)
 
 
 def _make_hint(precision: str) -> str:
@@ -175,7 +147,7 @@ class Manifest:
                 padding_side=data["padding_side"],
                 pad_token_id=int(data["pad_token_id"]),
                 end_of_text=EndOfText(**data["end_of_text"]),
-                prompts=Prompts(**data["prompts"]),
+                prompts=Prompts.from_dict(data["prompts"]),
                 matryoshka=(int(mrange[0]), int(mrange[1])) if mrange else None,
                 inputs=tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in data["inputs"]),
                 outputs=tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in data["outputs"]),

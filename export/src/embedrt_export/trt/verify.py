@@ -29,13 +29,10 @@ ENGINE_TOLERANCE: dict[str, tuple[str, float]] = {
 
 
 def _query(manifest: Manifest) -> Callable[[str], str]:
-    def fmt(text: str) -> str:
-        try:
-            return manifest.prompts.format_query(text)
-        except Exception:  # a template that needs a task and has no default: use the text as is
-            return text
-
-    return fmt
+    prompts = manifest.prompts
+    if prompts.takes_instruction and not prompts.default_instruction:
+        return lambda text: text  # the template needs an instruction and has none to default to: as is
+    return prompts.format_query
 
 
 def _embed(backend: Any, items: list[np.ndarray], manifest: Manifest, batched: bool) -> np.ndarray:

@@ -121,8 +121,8 @@ def _embed_all(args: argparse.Namespace, texts: list[str]) -> tuple[np.ndarray, 
         parts = []
         with _progress(len(texts)) as bar:
             for chunk in _chunks(texts):
-                if args.query or args.query_task:
-                    parts.append(embedder.embed_queries(chunk, args.query_task, **options))
+                if args.query or args.instruction is not None:
+                    parts.append(embedder.embed_queries(chunk, args.instruction, **options))
                 else:
                     parts.append(embedder.embed_documents(chunk, **options))
                 if bar is not None:
@@ -167,8 +167,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--input-format", choices=("txt", "jsonl"),
                    help="how to read --input (default: jsonl for a .jsonl file, else txt)")
     p.add_argument("--output", metavar="FILE", help="write .npy (float32 [n, d]) or .jsonl instead of stdout")
-    p.add_argument("--query", action="store_true", help="embed as queries with the model's default task")
-    p.add_argument("--query-task", metavar="TASK", help="embed as queries with this task (instruction models)")
+    p.add_argument("--query", action="store_true", help="embed as queries with the model's default instruction")
+    p.add_argument("--instruction", "--query-task", metavar="TEXT",
+                   help="embed as queries with this instruction (instruction-tuned models; --query-task is an "
+                   "older name)")
     p.add_argument("--dimensions", type=int, help="Matryoshka: truncate to N dimensions and renormalise")
     p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"))
     p.add_argument("--precision", default="auto", help="graph to run: auto, fp32, fp16, int8 ... (default: auto)")

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 
-from ..core import InvalidFieldError
-from ..errors import status_for
+from ..errors import InvalidFieldError, status_for
 
 # OpenAI's error "type" for each HTTP status that status_for can produce (presentation only).
 _ERROR_TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 405: "invalid_request_error",
                 408: "timeout_error", 413: "invalid_request_error", 415: "invalid_request_error",
-                429: "rate_limit_error", 503: "service_unavailable", 500: "server_error"}
+                429: "rate_limit_error", 503: "service_unavailable", 504: "timeout_error",
+                500: "server_error"}
 _FIELD_NAMES = {"inputs": "input"}  # the core names gRPC fields; OpenAI calls the list `input`
 
 

@@ -66,7 +66,8 @@ class ServingState:
             "max_length": info["max_length"], "pooling": info["pooling"], "normalize": info["normalize"],
             "backend": info["backend"], "precision": info["precision"],
             "engine_key": str(details.get("engine_key", "")), "version": __version__,
-            "query_template": info.get("query_template") or "", "default_task": info.get("default_task") or "",
+            "query_template": info.get("query_template") or "",
+            "default_instruction": info.get("default_instruction") or "",
         }
 
 

@@ -51,7 +51,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("model", "dimensions", "min_dimensions", "max_dimensions", "max_length", "pooling", "normalize", "backend", "precision", "engine_key", "version", "query_template", "default_task")
+    __slots__ = ("model", "dimensions", "min_dimensions", "max_dimensions", "max_length", "pooling", "normalize", "backend", "precision", "engine_key", "version", "query_template", "default_instruction")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
     MIN_DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -64,7 +64,7 @@ class InfoResponse(_message.Message):
     ENGINE_KEY_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     QUERY_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
-    DEFAULT_TASK_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     model: str
     dimensions: int
     min_dimensions: int
@@ -77,5 +77,5 @@ class InfoResponse(_message.Message):
     engine_key: str
     version: str
     query_template: str
-    default_task: str
-    def __init__(self, model: _Optional[str] = ..., dimensions: _Optional[int] = ..., min_dimensions: _Optional[int] = ..., max_dimensions: _Optional[int] = ..., max_length: _Optional[int] = ..., pooling: _Optional[str] = ..., normalize: _Optional[bool] = ..., backend: _Optional[str] = ..., precision: _Optional[str] = ..., engine_key: _Optional[str] = ..., version: _Optional[str] = ..., query_template: _Optional[str] = ..., default_task: _Optional[str] = ...) -> None: ...
+    default_instruction: str
+    def __init__(self, model: _Optional[str] = ..., dimensions: _Optional[int] = ..., min_dimensions: _Optional[int] = ..., max_dimensions: _Optional[int] = ..., max_length: _Optional[int] = ..., pooling: _Optional[str] = ..., normalize: _Optional[bool] = ..., backend: _Optional[str] = ..., precision: _Optional[str] = ..., engine_key: _Optional[str] = ..., version: _Optional[str] = ..., query_template: _Optional[str] = ..., default_instruction: _Optional[str] = ...) -> None: ...

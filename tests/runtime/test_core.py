@@ -15,10 +15,17 @@ import numpy as np
 import pytest
 
 from embedrt.config import SchedulerConfig
-from embedrt.core import DeadlineExceededError, EmbedRequest, InvalidFieldError, Scheduler
-from embedrt.errors import BackendError, InvalidInputError, OverloadedError, UnavailableError
-from embedrt.manifest import Prompts
+from embedrt.core import EmbedRequest, Scheduler
+from embedrt.errors import (
+    BackendError,
+    DeadlineExceededError,
+    InvalidFieldError,
+    InvalidInputError,
+    OverloadedError,
+    UnavailableError,
+)
 from embedrt.pooling import check_dimensions, finish
+from embedrt.prompts import Prompts
 from embedrt.tokenizer import Encoded, validate_texts
 
 HIDDEN = 8
@@ -197,7 +204,7 @@ def test_validation_names_the_field() -> None:
 
 def test_instruction_errors_name_the_field_not_a_python_call() -> None:
     plain = Scheduler(FakeEmbedder(), dimensions_range=(4, HIDDEN), prompts=Prompts(query="query: {text}"))
-    needs_task = Scheduler(FakeEmbedder(), dimensions_range=(4, HIDDEN), prompts=Prompts(query="{task}: {text}"))
+    needs_task = Scheduler(FakeEmbedder(), dimensions_range=(4, HIDDEN), prompts=Prompts(query="{instruction}: {text}"))
     try:
         for scheduler, request in ((plain, req("a", instruction="a task")), (needs_task, req("a", query=True))):
             with pytest.raises(InvalidFieldError) as info:
