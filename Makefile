@@ -44,6 +44,7 @@ $(TRT_BINDINGS)/.prepared: $(STAMP) tests/export/trt_bindings.py
 
 test: $(STAMP) $(LEAN)/.installed $(LEAN_ARTEFACT)/reference.json $(TRT_BINDINGS)/.prepared
 	$(PY) -m ruff check runtime export tests scripts
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 	EMBEDRT_LEAN_ENV=1 EMBEDRT_LEAN_ARTEFACT=$(LEAN_ARTEFACT)/artefact \
 		$(LEAN)/bin/python -m pytest -q -p no:cacheprovider tests/lean

@@ -45,11 +45,34 @@ def test_flags_and_environment_map_onto_the_configs(monkeypatch: pytest.MonkeyPa
     assert (defaults.server.host, defaults.server.grpc_port, defaults.server.http_port) == ("127.0.0.1", 50051, 8080)
 
 
-def test_every_flag_has_an_environment_variable() -> None:
-    help_text = build_parser()._subparsers._group_actions[0].choices["serve"].format_help()  # type: ignore[union-attr]
-    flat = " ".join(help_text.split())
+# A valid value unlike the default for every option (a new option must add one here).
+_SAMPLES = {"--host": "0.0.0.0", "--grpc-port": "6001", "--http-port": "6002", "--tls-cert": "c.pem",
+            "--tls-key": "k.pem", "--max-message-bytes": "1234567", "--body-timeout": "7.5", "--grace": "3.5",
+            "--reflection": "false", "--warmup": "false", "--backend": "onnxruntime", "--precision": "fp16",
+            "--device": "cpu", "--device-id": "1", "--intra-op-threads": "3", "--cuda-graphs": "true",
+            "--cuda-graph-max-tokens": "2048", "--attention": "eager", "--max-batch-tokens": "3000",
+            "--max-batch-size": "17", "--max-batch-requests": "5", "--max-wait-us": "123", "--max-queue": "77",
+            "--max-queue-tokens": "99999", "--max-inputs": "33", "--tokenizer-threads": "3"}
+_NEEDS = {"--tls-cert": ["--tls-key", "k.pem"], "--tls-key": ["--tls-cert", "c.pem"]}  # valid only in pairs
+
+
+def _target(settings, target: str):  # type: ignore[no-untyped-def]
+    section, name = target.split(".")
+    return settings.load[name] if section == "load" else getattr(getattr(settings, section), name)
+
+
+def test_every_variable_sets_what_its_flag_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each EMBEDRT_* variable alone reaches every configuration field of its flag, with the flag's value."""
+    assert sorted(_SAMPLES) == sorted(o.flag for o in OPTIONS), "give each option a sample value above"
+    defaults = _settings(["art"], {}, monkeypatch)
     for option in OPTIONS:
-        assert option.flag in flat and option.env in flat.replace("- ", "-")
+        value, base = _SAMPLES[option.flag], ["art", *_NEEDS.get(option.flag, [])]
+        by_variable = _settings(base, {option.env: value}, monkeypatch)
+        by_flag = _settings([*base, option.flag, value], {}, monkeypatch)
+        assert by_variable == by_flag, option.flag
+        for target in option.targets:
+            assert _target(by_variable, target) == option.to_config(option.type(value)), (option.env, target)
+            assert _target(by_variable, target) != _target(defaults, target), f"{option.flag}: pick another sample"
 
 
 def test_sigterm_drains_in_flight_requests(artefact: Path, library: Embedder) -> None:
