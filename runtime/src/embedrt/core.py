@@ -43,56 +43,13 @@ from .errors import (
 )
 from .pooling import check_dimensions
 from .prompts import Prompts
+from .requests import EmbedRequest, EmbedResult, NoMetrics, SchedulerMetrics
 from .tokenizer import Encoded, TokenIdFormat
 
 if TYPE_CHECKING:
     from .embedder import Embedder
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EmbedRequest:
-    """One request as plain values; transports convert their messages to this at the edge."""
-
-    texts: tuple[str, ...]
-    instruction: str | None = None  # the query task; the texts are formatted as queries with it
-    query: bool = False  # format as queries with the model's default task when no instruction is given
-    dimensions: int | None = None
-    normalize: bool = True
-    truncate: bool = True
-    deadline: float | None = None  # time.monotonic() after which the result is of no use
-    token_ids: tuple[tuple[int, ...], ...] = ()  # instead of texts: ids of the model's vocabulary
-
-    @property
-    def count(self) -> int:
-        return len(self.token_ids) if self.token_ids else len(self.texts)
-
-
-@dataclass(frozen=True)
-class EmbedResult:
-    vectors: np.ndarray  # float32 [len(texts), dimensions], in request order
-    tokens: int  # tokens the texts took, after prompts and truncation
-    queue_seconds: float  # admission to the start of the backend call
-
-
-class SchedulerMetrics(Protocol):
-    """What the core reports; the server implements it with Prometheus."""
-
-    def queue_depth(self, requests: int, tokens: int) -> None: ...
-    def queued(self, seconds: float) -> None: ...
-    def batch(self, requests: int, texts: int, tokens: int, seconds: float) -> None: ...
-
-
-class _NoMetrics:
-    def queue_depth(self, requests: int, tokens: int) -> None:
-        pass
-
-    def queued(self, seconds: float) -> None:
-        pass
-
-    def batch(self, requests: int, texts: int, tokens: int, seconds: float) -> None:
-        pass
 
 
 class Backend(Protocol):
@@ -168,7 +125,7 @@ class Scheduler:
         self.embedder = embedder
         self.config = config or SchedulerConfig()
         self._range = dimensions_range
-        self._metrics: SchedulerMetrics = metrics or _NoMetrics()
+        self._metrics: SchedulerMetrics = metrics or NoMetrics()
         self._prompts = prompts or Prompts()
         self._token_ids = token_ids  # None: the model takes text only
         self._cond = threading.Condition()  # an RLock inside: done-callbacks may re-enter
@@ -378,10 +335,6 @@ class Scheduler:
                 _settle(job.future, result=EmbedResult(out, job.tokens, started - job.admitted))
 
     # -- lifecycle --------------------------------------------------------------------------------
-
-    @property
-    def accepting(self) -> bool:
-        return self._accepting
 
     def depth(self) -> tuple[int, int]:
         """(requests admitted and not answered, tokens waiting for the backend)."""
