@@ -60,21 +60,21 @@ def _row(name: str, point: tuple[int, int], samples: list[float]) -> dict[str, A
 def bench_tensorrt(artefact: Path, precision: str, batches: dict, iters: int,
                    cuda_graphs: bool = False) -> tuple[list[dict], dict[str, float]]:
     from embedrt import Embedder
-    from embedrt.backends import _cuda
+    from embedrt.backends import cuda
     from embedrt.backends.base import Batch
     from embedrt.config import BackendConfig
 
-    baseline = _cuda.memory_in_use()
+    baseline = cuda.memory_in_use()
     results = []
     name = f"tensorrt-{precision}" + ("-graphs" if cuda_graphs else "")
     config = BackendConfig(cuda_graphs=cuda_graphs)
     with Embedder.load(artefact, "tensorrt", precision=precision, backend_config=config) as embedder:
         backend = embedder._backend
-        memory = {"after_load_mib": (_cuda.memory_in_use() - baseline) / 2**20}
+        memory = {"after_load_mib": (cuda.memory_in_use() - baseline) / 2**20}
         for point, (ids, mask) in batches.items():
             batch = Batch(ids, mask, np.full(point[0], point[1]))
             results.append(_row(name, point, _time(lambda b=batch: backend.run(b), iters)))
-        memory["at_largest_point_mib"] = (_cuda.memory_in_use() - baseline) / 2**20
+        memory["at_largest_point_mib"] = (cuda.memory_in_use() - baseline) / 2**20
         memory["engine"] = backend.describe().get("engine_key", "?")  # type: ignore[assignment]
     return results, memory
 
@@ -96,7 +96,7 @@ def bench_onnxruntime_cuda(artefact: Path, batches: dict, iters: int,
 
     import onnxruntime
 
-    from embedrt.backends import _cuda
+    from embedrt.backends import cuda
     from embedrt.backends.base import Batch
     from embedrt.backends.onnxruntime import OnnxRuntimeBackend
     from embedrt.config import BackendConfig
@@ -115,15 +115,15 @@ def bench_onnxruntime_cuda(artefact: Path, batches: dict, iters: int,
             continue
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)  # read by ORT's attention kernels when the session is created
-        baseline = _cuda.memory_in_use()
+        baseline = cuda.memory_in_use()
         try:
             config = BackendConfig(precision=precision, device="cuda", **overrides)
             with OnnxRuntimeBackend(artefact, manifest, config) as backend:
-                used = {"after_load_mib": (_cuda.memory_in_use() - baseline) / 2**20}
+                used = {"after_load_mib": (cuda.memory_in_use() - baseline) / 2**20}
                 for point, (ids, mask) in batches.items():
                     batch = Batch(ids, mask, np.full(point[0], point[1]))
                     results.append(_row(name, point, _time(lambda b=batch: backend.run(b), iters)))
-                used["at_largest_point_mib"] = (_cuda.memory_in_use() - baseline) / 2**20
+                used["at_largest_point_mib"] = (cuda.memory_in_use() - baseline) / 2**20
                 used["describe"] = backend.describe()  # type: ignore[assignment]
                 memory[name] = used
         except EmbedrtError as exc:
@@ -186,12 +186,12 @@ def bench_pytorch(model_dir: Path, batches: dict, iters: int) -> tuple[list[dict
 def _ensure_engines(artefact: Path, precisions: list[str]) -> list[str]:
     """Build the engines this GPU lacks; the precisions that can run here (a GPU no installed flavour
     supports, e.g. SM90 with only TensorRT-RTX, gets none, and the baselines still run)."""
-    from embedrt.backends import _cuda
-    from embedrt.backends.tensorrt import installed_flavours
+    from embedrt.backends import cuda
+    from embedrt.backends.trt_loader import installed_flavours
     from embedrt.engines import list_engines
     from embedrt.errors import EmbedrtError
 
-    gpu = _cuda.gpu_info(0)
+    gpu = cuda.gpu_info(0)
     flavours = installed_flavours()
     have = {(r.key.sm, r.key.precision, r.key.flavour, r.key.trt_version) for r in list_engines(artefact)}
     missing = [p for p in precisions
@@ -276,12 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("build/bench-gpu-work"), help="scratch directory")
     args = parser.parse_args(argv)
 
-    from embedrt.backends import _cuda
+    from embedrt.backends import cuda
     from embedrt.errors import EmbedrtError
     from embedrt.manifest import load_manifest
 
     try:
-        gpu = _cuda.gpu_info(0)
+        gpu = cuda.gpu_info(0)
     except EmbedrtError as exc:
         print(f"bench_gpu: needs an NVIDIA GPU with a driver and cuda-python: {exc}", file=sys.stderr)
         return 2

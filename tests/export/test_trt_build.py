@@ -96,7 +96,7 @@ def test_aot_build_fp32_fp16_for_two_gpus(fixture: str, request: pytest.FixtureR
 
 
 def test_tf32_is_cleared_for_fp32_engines_only() -> None:
-    from embedrt.backends.tensorrt import make_logger
+    from embedrt.backends.trt_loader import make_logger
     from embedrt_export.trt.build import configure_precision
 
     builder = trt.Builder(make_logger(trt))

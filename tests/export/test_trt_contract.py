@@ -47,21 +47,24 @@ RECEIVERS: dict[str, dict[str, str]] = {
         "self.trt": MODULE, "config": "IBuilderConfig",
     },
     "export/src/embedrt_export/trt/progress.py": {"trt": MODULE},
-    "runtime/src/embedrt/backends/tensorrt.py": {
-        "trt": MODULE, "runtime": "Runtime", "engine": "ICudaEngine", "ctx": "IExecutionContext",
+    "runtime/src/embedrt/backends/trt_loader.py": {
+        "trt": MODULE, "runtime": "Runtime", "engine": "ICudaEngine",
         "config": "IRuntimeConfig?", "cache": "IRuntimeCache?", "config.get_runtime_cache()": "IRuntimeCache?",
         "strategy": "CudaGraphStrategy?",
     },
+    "runtime/src/embedrt/backends/trt_slots.py": {"engine": "ICudaEngine", "ctx": "IExecutionContext"},
+    "runtime/src/embedrt/backends/tensorrt.py": {},
 }
 # Receivers in those files that hold our own objects although they use names TensorRT also has.
-OURS = {"self", "self.config", "self.stream", "self.cond", "self.free", "self.busy", "self.errors", "flavour",
+OURS = {"self", "self.config", "self.stream", "self._cond", "self._free", "self._busy", "self.errors", "flavour",
         "net", "logger", "net.logger", "logger.errors", "record", "record.key", "self.record", "self.record.key",
         "key", "graph", "manifest", "options", "gpu", "self.gpu", "profile", "p", "path", "old_cache", "built",
         "slot", "part", "part.slot", "part.slot.stream", "pool", "job", "jobs", "batch", "buffer", "stream",
-        "super()", "np", "onnx", "_cuda", "time", "tmp", "io", "shapes", "inflight", "self.profiles[i]",
+        "super()", "np", "onnx", "cuda", "time", "tmp", "io", "shapes", "inflight", "self.profiles[i]",
         "self.limits()", "self.host[name]", "self.io[name]", "m", "fp16", "parse_path", "onnx_path", "done",
         "thread", "threading", "self.levels", "device", "host", "jobs[0]", "jobs[-1]", "self._slots", "lines",
-        "found", "installed", "targets", "dtype", "onnx.shape_inference", "inputs[INPUTS[0]]", "inputs['input_ids']"}
+        "found", "installed", "targets", "dtype", "onnx.shape_inference", "inputs[INPUTS[0]]", "inputs['input_ids']",
+        "slots", "plan"}
 # Classes only reached where the code has checked for them by other means.
 OPTIONAL = {"IAttentionOutputLayer": "reached only where LayerType.ATTENTION_OUTPUT exists (TensorRT 10.14+)"}
 RTX_ONLY_SCOPES = ("RtxFlavour",)

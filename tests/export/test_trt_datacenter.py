@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from trt_builder_fakes import Builder, ITimingCache, fake_tensorrt
 
-from embedrt.backends._cuda import GpuInfo
+from embedrt.backends.cuda import GpuInfo
 from embedrt.engines import engine_dir
 
 HERE = "NVIDIA H100 PCIe"

@@ -23,12 +23,12 @@ CUDA = BackendConfig(device="cuda")
 
 @pytest.fixture(scope="module", autouse=True)
 def _cuda_provider() -> None:
-    from embedrt.backends import _cuda
+    from embedrt.backends import cuda
     from embedrt.backends.onnxruntime import cuda_available
     from embedrt.errors import BackendError
 
     try:
-        _cuda.gpu_info(0)
+        cuda.gpu_info(0)
     except BackendError as exc:
         pytest.skip(f"no usable NVIDIA GPU here: {exc}")
     if not cuda_available():
@@ -96,4 +96,4 @@ def test_cuda_graphs_replay_equal_results(qwen3_artefact: Path) -> None:
         # Replays read the buffers' new contents, not the captured ones.
         a, b = captured.embed(["first text"]), captured.embed(["a different text entirely"])
         assert float(a[0] @ b[0]) < 0.9999
-        assert captured._backend._cuda.captured_shapes  # type: ignore[union-attr]
+        assert captured._backend.cuda.captured_shapes  # type: ignore[union-attr]

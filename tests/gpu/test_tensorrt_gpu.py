@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from embedrt import Embedder
-from embedrt.backends import _cuda
+from embedrt.backends import cuda
 from embedrt.backends.base import Batch
-from embedrt.backends.tensorrt import installed_flavours
+from embedrt.backends.trt_loader import installed_flavours
 from embedrt.engines import RTX_TARGETS
 from embedrt.errors import BackendError
 
@@ -28,9 +28,9 @@ TEXTS = ["The cat sat on the mat.", "a", "", "def f(x):\n    return x * 2",
          "Der schnelle braune Fuchs springt über den faulen Hund. " * 6, "emoji 🚀 and CJK 日本語"]
 
 
-def _gpu_or_skip() -> tuple[_cuda.GpuInfo, str]:
+def _gpu_or_skip() -> tuple[cuda.GpuInfo, str]:
     try:
-        gpu = _cuda.gpu_info(0)
+        gpu = cuda.gpu_info(0)
     except BackendError as exc:
         pytest.skip(f"no usable NVIDIA GPU here: {exc}")
     flavours = installed_flavours()
@@ -61,7 +61,7 @@ def built(qwen3_artefact: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 def test_build_for_this_gpu_records_passing_parity(built: tuple[Path, Any]) -> None:
     _, records = built
-    gpu = _cuda.gpu_info(0)
+    gpu = cuda.gpu_info(0)
     assert {r.key.precision for r in records} == {"fp32", "fp16"}
     for record in records:
         assert record.key.sm == gpu.sm
@@ -186,9 +186,9 @@ def test_many_calls_do_not_grow_gpu_memory(built: tuple[Path, Any]) -> None:
     with Embedder.load(artefact, "tensorrt", precision="fp16") as embedder:
         for _ in range(20):  # warm up: lazy allocations, kernel JIT (TensorRT-RTX)
             embedder.embed(TEXTS)
-        before = _cuda.memory_in_use()
+        before = cuda.memory_in_use()
         for i in range(300):
             embedder.embed(TEXTS[: 1 + i % len(TEXTS)])
-        grown = _cuda.memory_in_use() - before
+        grown = cuda.memory_in_use() - before
         print(f"GPU memory in use after load: {before / 2**20:.0f} MiB; growth over 300 calls: {grown / 2**20:.1f} MiB")
         assert grown < 8 * 2**20

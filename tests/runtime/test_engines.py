@@ -1,26 +1,20 @@
-"""The engine store: keys, selection among several engines, mismatch messages, plan checks.
+"""The engine store (``embedrt.engines``): keys, selection among several engines, mismatch messages,
+plan checks.
 
-No TensorRT is needed here except in the deserialisation test (TensorRT-RTX, marker ``trt``): the
-store is plain files, and every check happens before TensorRT sees a plan's bytes.
+No TensorRT is needed here: the store is plain files, and every check happens before TensorRT sees
+a plan's bytes. The TensorRT backend that reads the store is tested in test_tensorrt_backend.py and
+the modules it is made of (test_trt_loader.py, test_trt_slots.py, test_pipeline.py).
 """
 
 from __future__ import annotations
 
 import shutil
-import threading
-import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
-from trt_fakes import FakeSlot
 
 from embedrt import Embedder
-from embedrt.backends.base import Batch
-from embedrt.backends.tensorrt import TensorRTBackend, _Pool
-from embedrt.config import BackendConfig
 from embedrt.engines import (
     EngineKey,
     EngineRecord,
@@ -35,7 +29,7 @@ from embedrt.engines import (
     sha256_bytes,
     write_engine,
 )
-from embedrt.errors import ArtefactError, BackendError, EngineMismatchError
+from embedrt.errors import ArtefactError, EngineMismatchError
 from embedrt.manifest import Manifest, load_manifest
 
 PROFILES = (ProfileShape((1, 1), (64, 128), (64, 128)),)
@@ -180,140 +174,6 @@ def test_auto_backend_falls_back_to_onnxruntime_without_a_usable_engine(artefact
     with Embedder.load(artefact) as embedder:  # engines/ exists, but no GPU or no matching engine here
         assert embedder.backend_name == "onnxruntime"
         assert embedder.embed(["hello"]).shape == (1, manifest.hidden_size)
-
-
-def test_tensorrt_backend_without_gpu_is_a_clear_backend_error(artefact: Path) -> None:
-    from embedrt.backends import _cuda
-
-    try:
-        _cuda.gpu_info(0)
-    except BackendError:
-        pass  # the expected case in CI: no driver, or no cuda-python
-    else:
-        pytest.skip("a GPU is present: tests/gpu covers the TensorRT backend there")
-    with pytest.raises(BackendError, match=r"GPU|CUDA|cuda-python|TensorRT flavour"):
-        Embedder.load(artefact, "tensorrt")
-    with pytest.raises(BackendError, match="device cpu"):
-        TensorRTBackend(artefact, load_manifest(artefact), BackendConfig(device="cpu")).open()
-
-
-def test_limits_and_row_splitting_follow_the_profiles(qwen3_artefact: Path) -> None:
-    manifest = load_manifest(qwen3_artefact)
-    backend = TensorRTBackend(qwen3_artefact, manifest, BackendConfig())
-    profiles = (ProfileShape((1, 1), (4, 64), (4, 64)), ProfileShape((1, 65), (2, 100), (2, 100)))
-    slot = FakeSlot()
-    backend._profiles, backend._pool = profiles, _Pool([slot], profiles)  # type: ignore[list-item]
-    limits = backend.limits()
-    assert (limits.max_batch, limits.max_sequence) == (4, 100)
-    assert limits.sequence_buckets == (16, 32, 64, 100)
-    ids = np.arange(5 * 80, dtype=np.int64).reshape(5, 80)
-    out = backend.run(Batch(ids, np.ones_like(ids), np.full(5, 80)))
-    assert slot.calls == [(2, 80), (2, 80), (1, 80)]  # the long profile takes two rows at a time
-    np.testing.assert_array_equal(out["sentence_embedding"], ids[:, :2].astype(np.float32))
-    with pytest.raises(Exception, match="no engine profile accepts sequence length 101"):
-        backend.run(Batch(np.ones((1, 101), np.int64), np.ones((1, 101), np.int64), np.array([101])))
-
-
-def test_pool_never_runs_one_profile_twice_at_once() -> None:
-    profiles = (ProfileShape((1, 1), (4, 64), (4, 64)), ProfileShape((1, 1), (4, 64), (4, 64)),
-                ProfileShape((1, 65), (2, 128), (2, 128)))
-    pool = _Pool([FakeSlot(), FakeSlot(), FakeSlot()], profiles)  # type: ignore[list-item]
-    first = pool.acquire(2, 32)
-    second = pool.acquire(2, 32)  # the copy of the short profile
-    assert {first[1], second[1]} == {0, 1}
-    got: list[int] = []
-    waiter = threading.Thread(target=lambda: got.append(pool.acquire(1, 16)[1]))
-    waiter.start()
-    time.sleep(0.2)
-    assert not got  # both short profiles busy: it waits although a slot is free
-    long = pool.acquire(1, 100)  # the long profile is free, and so is a slot
-    assert long[1] == 2
-    pool.release(*first)
-    waiter.join(5)
-    assert got == [first[1]]
-    with pytest.raises(BackendError, match="no optimisation profile covers"):
-        pool.acquire(3, 100)
-
-
-@pytest.mark.trt
-def test_unreadable_plan_is_reported_not_a_crash(artefact: Path) -> None:
-    trt = pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX is not installed (pip install "
-                              "'embedrt[tensorrt-rtx]')")
-    from embedrt.backends.tensorrt import deserialize
-
-    record = _install(artefact, load_manifest(artefact), f"tensorrt-rtx-{RTX}-sm89-fp16")
-    for plan in (b"not a plan at all" * 64, b""):
-        with pytest.raises(ArtefactError, match="failed to deserialise"):
-            deserialize(trt, record, plan)
-
-
-def _pipelined(profiles: tuple[ProfileShape, ...], slots: list[FakeSlot],
-               qwen3_artefact: Path) -> tuple[TensorRTBackend, _Pool]:
-    backend = TensorRTBackend(qwen3_artefact, load_manifest(qwen3_artefact), BackendConfig())
-    pool = _Pool(slots, profiles)  # type: ignore[arg-type]
-    backend._profiles, backend._pool = profiles, pool
-    return backend, pool
-
-
-def _batches(starts: list[int], events: list[tuple[str, ...]]) -> Iterator[Batch]:
-    for start in starts:
-        events.append(("pull", str(start)))
-        ids = np.arange(start, start + 2 * 32, dtype=np.int64).reshape(2, 32)
-        yield Batch(ids, np.ones_like(ids), np.full(2, 32))
-
-
-def _all_within(backend: TensorRTBackend, batches: Iterator[Batch], seconds: float = 10) -> list[dict[str, np.ndarray]]:
-    """run_many's outputs, failing (not hanging) if it deadlocks on a context or profile it holds."""
-    outs: list[dict[str, np.ndarray]] = []
-    worker = threading.Thread(target=lambda: outs.extend(backend.run_many(batches)), daemon=True)
-    worker.start()
-    worker.join(seconds)
-    assert not worker.is_alive(), "run_many waited on a context or profile it held itself"
-    return outs
-
-
-def test_run_many_overlaps_batches_on_two_contexts(qwen3_artefact: Path) -> None:
-    events: list[tuple[str, ...]] = []
-    short = ProfileShape((1, 1), (4, 64), (4, 64))
-    backend, pool = _pipelined((short, short), [FakeSlot("A", events), FakeSlot("B", events)], qwen3_artefact)
-    starts = [0, 1000, 2000, 3000]
-    outs = _all_within(backend, _batches(starts, events))
-    for start, out in zip(starts, outs, strict=True):  # in order, each its own batch's result
-        assert out["embedding_norm"].tolist() == [start, start + 32]
-    # Batch 1 is pulled (collated) and submitted on the other context before batch 0 is collected.
-    assert events[:6] == [("pull", "0"), ("submit", "A", "0"), ("pull", "1000"), ("submit", "B", "1000"),
-                          ("pull", "2000"), ("collect", "A", "0")]
-    assert sum(e[0] == "collect" for e in events) == 4
-    assert len(pool.free) == 2 and not pool.busy
-
-
-def test_run_many_on_one_profile_waits_for_itself_not_forever(qwen3_artefact: Path) -> None:
-    # Two contexts but one profile: TensorRT forbids running it twice at once, so batches alternate.
-    events: list[tuple[str, ...]] = []
-    profile = ProfileShape((1, 1), (4, 64), (4, 64))
-    backend, pool = _pipelined((profile,), [FakeSlot("A", events), FakeSlot("B", events)], qwen3_artefact)
-    outs = _all_within(backend, _batches([0, 100, 200], events))
-    assert [o["embedding_norm"][0] for o in outs] == [0, 100, 200]
-    kinds = [e[0] for e in events if e[0] != "pull"]
-    assert kinds == ["submit", "collect"] * 3
-    assert len(pool.free) == 2 and not pool.busy
-
-
-def test_run_many_failure_frees_every_context(qwen3_artefact: Path) -> None:
-    events: list[tuple[str, ...]] = []
-    short = ProfileShape((1, 1), (4, 64), (4, 64))
-    slots = [FakeSlot("A", events, fail_on=2000), FakeSlot("B", events, fail_on=2000)]
-    backend, pool = _pipelined((short, short), slots, qwen3_artefact)
-    with pytest.raises(BackendError, match=r"TensorRT failed.*cudaErrorIllegalAddress"):
-        list(backend.run_many(_batches([0, 1000, 2000, 3000], events)))
-    assert len(pool.free) == 2 and not pool.busy
-    assert sum(s.stream.syncs for s in slots) >= 2  # what was queued was waited for before reuse
-    # Stopping early (a caller that breaks out) frees the contexts too.
-    outputs = backend.run_many(_batches([0, 1000, 3000], events))
-    assert next(outputs)["embedding_norm"][0] == 0
-    outputs.close()
-    assert len(pool.free) == 2 and not pool.busy
-    assert backend.run(next(_batches([5000], events)))["embedding_norm"].tolist() == [5000, 5032]
 
 
 def test_device_model_note_only_for_datacenter_plans_from_another_model() -> None:

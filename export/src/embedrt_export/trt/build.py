@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from embedrt.backends.tensorrt import make_logger
+from embedrt.backends.trt_loader import make_logger
 from embedrt.config import BatchingConfig
 from embedrt.engines import (
     CONTEXTS,
@@ -71,11 +71,11 @@ class _Network:
 
 
 def current_gpu() -> Any | None:
-    """The GPU here (``embedrt.backends._cuda.GpuInfo``), or None without cuda-python / driver / GPU."""
-    from embedrt.backends import _cuda
+    """The GPU here (``embedrt.backends.cuda.GpuInfo``), or None without cuda-python / driver / GPU."""
+    from embedrt.backends import cuda
 
     try:
-        return _cuda.gpu_info(0)
+        return cuda.gpu_info(0)
     except BackendError:
         return None
 

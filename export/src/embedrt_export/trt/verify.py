@@ -57,6 +57,7 @@ def verify_plan(artefact: Path, manifest: Manifest, trt: Any, record: EngineReco
                 log: Callable[[str], None]) -> dict[str, Any]:
     from embedrt.backends.onnxruntime import OnnxRuntimeBackend
     from embedrt.backends.tensorrt import TensorRTBackend
+    from embedrt.backends.trt_loader import given_plan
     from embedrt.tokenizer import TextTokenizer
 
     tokenizer = TextTokenizer(artefact, manifest)
@@ -66,9 +67,10 @@ def verify_plan(artefact: Path, manifest: Manifest, trt: Any, record: EngineReco
     ref_precision = "fp32" if "fp32" in manifest.graphs else record.key.precision
     with OnnxRuntimeBackend(artefact, manifest, BackendConfig(precision=ref_precision, device="cpu")) as ort:
         reference = _embed(ort, items, manifest, batched=False)
-    engine = TensorRTBackend(artefact, manifest, BackendConfig(precision=record.key.precision, device="cuda"))
+    engine = TensorRTBackend(artefact, manifest, BackendConfig(precision=record.key.precision, device="cuda"),
+                             loader=given_plan(trt, record, plan))
     try:
-        engine.open_plan(trt, record, plan)
+        engine.open()
         modes = {"single": _embed(engine, items, manifest, batched=False),
                  "batched": _embed(engine, items, manifest, batched=True)}
         gpu = engine.describe().get("gpu", "?")

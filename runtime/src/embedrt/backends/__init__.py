@@ -21,10 +21,6 @@ _REGISTRY = {
 }
 
 
-def available_backends() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
-
-
 def create_backend(name: str, artefact: Path, manifest: Manifest, config: BackendConfig) -> Backend:
     """Instantiate (but do not open) the backend called ``name``."""
     if name not in _REGISTRY:
@@ -34,4 +30,4 @@ def create_backend(name: str, artefact: Path, manifest: Manifest, config: Backen
     return cls(artefact, manifest, config)  # type: ignore[no-any-return]
 
 
-__all__ = ["Backend", "Batch", "ShapeLimits", "available_backends", "create_backend"]
+__all__ = ["Backend", "Batch", "ShapeLimits", "create_backend"]
