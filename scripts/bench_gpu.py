@@ -75,7 +75,7 @@ def bench_tensorrt(artefact: Path, precision: str, batches: dict, iters: int,
             batch = Batch(ids, mask, np.full(point[0], point[1]))
             results.append(_row(name, point, _time(lambda b=batch: backend.run(b), iters)))
         memory["at_largest_point_mib"] = (cuda.memory_in_use() - baseline) / 2**20
-        memory["engine"] = backend.describe().get("engine_key", "?")  # type: ignore[assignment]
+        memory["engine"] = backend.describe().engine_key or "?"  # type: ignore[assignment]
     return results, memory
 
 
@@ -124,7 +124,7 @@ def bench_onnxruntime_cuda(artefact: Path, batches: dict, iters: int,
                     batch = Batch(ids, mask, np.full(point[0], point[1]))
                     results.append(_row(name, point, _time(lambda b=batch: backend.run(b), iters)))
                 used["at_largest_point_mib"] = (cuda.memory_in_use() - baseline) / 2**20
-                used["describe"] = backend.describe()  # type: ignore[assignment]
+                used["describe"] = backend.describe().to_dict()  # type: ignore[assignment]
                 memory[name] = used
         except EmbedrtError as exc:
             print(f"{name}: {exc}; skipped")

@@ -34,11 +34,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 from benchdocs import markers, write_section  # scripts/ is on sys.path when run as a script
 from prometheus_client.parser import text_string_to_metric_families
+
+from embedrt.info import ModelInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = ("vector search engine model token batch query document retrieval latency throughput server "
@@ -225,7 +226,7 @@ def measure(server: Server, mode: str, transport: str, texts: list[str], clients
 
 
 def backend_ceiling(artefact: Path, texts: list[str], load: Load,
-                    rounds: int = 15) -> tuple[float, float, dict[str, Any]]:
+                    rounds: int = 15) -> tuple[float, float, ModelInfo]:
     """The backend alone, in this process: ms for 64 single-text calls, for one call of the same 64,
     and what was loaded (``Embedder.info()``)."""
     from embedrt import BackendConfig, Embedder
@@ -247,21 +248,19 @@ def backend_ceiling(artefact: Path, texts: list[str], load: Load,
     return min(singles) * 1000, min(batched) * 1000, info
 
 
-def describe_model(info: dict[str, Any]) -> str:
+def describe_model(info: ModelInfo) -> str:
     """One phrase naming the model and how it ran, from ``Embedder.info()``."""
-    details = info.get("backend_details", {})
-    where = details.get("gpu") or details.get("device", "?")
-    extra = f", engine {details['engine']}" if "engine" in details else ""
-    return (f"{info['name']} ({info['architecture']}, {info['dimensions']} dims), "
-            f"{info['backend']} {info['precision']} on {where}{extra}")
+    backend = info.backend
+    extra = f", engine {backend.engine_key}" if backend.engine_key else ""
+    return (f"{info.name} ({info.architecture}, {info.dimensions} dims), "
+            f"{backend.backend} {backend.precision} on {backend.gpu or backend.device}{extra}")
 
 
-def on_gpu(info: dict[str, Any]) -> bool:
-    details = info.get("backend_details", {})
-    return str(details.get("device", "")).startswith("cuda") or "gpu" in details
+def on_gpu(info: ModelInfo) -> bool:
+    return info.backend.device == "cuda"
 
 
-def render(results: list[Result], overhead: list[Result], ceiling: tuple[float, float, dict[str, Any]],
+def render(results: list[Result], overhead: list[Result], ceiling: tuple[float, float, ModelInfo],
            args: argparse.Namespace, section: str) -> str:
     def find(mode: str, transport: str) -> Result:
         return next(r for r in results if r.mode == mode and r.transport == transport)

@@ -39,8 +39,8 @@ def _cuda_provider() -> None:
 def test_cuda_matches_cpu(qwen3_artefact: Path, precision: str, threshold: float) -> None:
     with Embedder.load(qwen3_artefact, "onnxruntime", precision="fp32", backend_config=BackendConfig(device="cpu")) \
             as cpu, Embedder.load(qwen3_artefact, "onnxruntime", precision=precision, backend_config=CUDA) as gpu:
-        facts = gpu.info()["backend_details"]
-        assert facts["device"] == "cuda" and facts["providers"].startswith("CUDAExecutionProvider"), facts
+        facts = gpu.info().backend
+        assert facts.device == "cuda" and facts.providers[0] == "CUDAExecutionProvider", facts
         cos = np.einsum("ij,ij->i", gpu.embed(TEXTS), cpu.embed(TEXTS))
         print(f"ORT CUDA {precision} vs CPU FP32: min cosine {cos.min():.7f}")
         assert cos.min() >= threshold, cos
@@ -56,7 +56,7 @@ def test_cuda_batched_equals_single(qwen3_artefact: Path) -> None:
 def test_auto_uses_cuda_when_no_engine_fits(qwen3_artefact: Path) -> None:
     with Embedder.load(qwen3_artefact) as embedder:  # the test artefact has no engines
         assert embedder.backend_name == "onnxruntime"
-        assert embedder.info()["backend_details"]["device"] == "cuda" and embedder.precision == "fp16"
+        assert embedder.info().backend.device == "cuda" and embedder.precision == "fp16"
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
@@ -76,7 +76,7 @@ def test_fused_and_eager_agree_on_cuda(qwen3_artefact: Path) -> None:
     with Embedder.load(qwen3_artefact, "onnxruntime", backend_config=fp16) as fused, \
             Embedder.load(qwen3_artefact, "onnxruntime", backend_config=BackendConfig(
                 device="cuda", precision="fp16", attention="eager")) as eager:
-        assert fused.info()["backend_details"]["attention"] == "fused"
+        assert fused.info().backend.attention == "fused"
         cos = np.einsum("ij,ij->i", fused.embed(TEXTS), eager.embed(TEXTS))
         print(f"ORT CUDA FP16 fused vs eager: min cosine {cos.min():.7f}")
         assert cos.min() >= 0.999
@@ -87,8 +87,8 @@ def test_cuda_graphs_replay_equal_results(qwen3_artefact: Path) -> None:
     with Embedder.load(qwen3_artefact, "onnxruntime", backend_config=graphs) as captured, \
             Embedder.load(qwen3_artefact, "onnxruntime", backend_config=BackendConfig(
                 device="cuda", precision="fp16")) as plain:
-        facts = captured.info()["backend_details"]
-        assert facts["cuda_graphs"].startswith("on"), facts
+        facts = captured.info().backend
+        assert facts.notes["cuda_graphs"].startswith("on"), facts
         for _ in range(4):  # warm-up runs, capture, then replays of the same shapes
             for texts in (TEXTS[:1], TEXTS[:3], TEXTS):
                 cos = np.einsum("ij,ij->i", captured.embed(texts), plain.embed(texts))

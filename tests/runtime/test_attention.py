@@ -26,9 +26,9 @@ def _load(artefact: Path, **config: object) -> Embedder:
 
 def test_fused_and_eager_agree(qwen3_artefact: Path) -> None:
     with _load(qwen3_artefact) as fused, _load(qwen3_artefact, attention="eager") as eager:
-        assert fused.info()["backend_details"]["attention"] == "fused"
-        assert eager.info()["backend_details"]["attention"] == "eager"
-        assert eager.info()["backend_details"]["graph"] == "model.fp32.eager.onnx"
+        assert fused.info().backend.attention == "fused"
+        assert eager.info().backend.attention == "eager"
+        assert eager.info().backend.graph == "model.fp32.eager.onnx"
         assert min_cosine(fused.embed(TEXTS), eager.embed(TEXTS)) > 0.99999
 
 
@@ -37,8 +37,8 @@ def test_fused_falls_back_to_eager_twin(qwen3_artefact: Path, tmp_path: Path) ->
     shutil.copytree(qwen3_artefact, broken)
     (broken / "model.fp32.onnx").write_bytes(b"not a graph this onnxruntime can load")
     with _load(broken) as embedder:  # auto: the twin takes over, and says why
-        facts = embedder.info()["backend_details"]
-        assert facts["attention"] == "eager" and "model.fp32.onnx" in facts["attention_fallback"]
+        facts = embedder.info().backend
+        assert facts.attention == "eager" and "model.fp32.onnx" in facts.notes["attention_fallback"]
         assert embedder.embed(["still works"]).shape == (1, 64)
     with pytest.raises(BackendError, match=r"could not load model\.fp32\.onnx"):
         _load(broken, attention="fused")

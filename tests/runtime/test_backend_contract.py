@@ -177,7 +177,7 @@ def test_close_is_idempotent_and_a_closed_backend_refuses(make: Make, items: lis
     backend.close()  # closing what never opened is fine too
     backend.open()
     backend.open()  # and opening twice
-    assert backend.describe()["backend"] == backend.name
+    assert backend.describe().backend == backend.name and backend.describe().device == backend.device
     backend.run(_batch(backend, items))
     backend.close()
     backend.close()

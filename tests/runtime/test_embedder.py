@@ -125,10 +125,12 @@ def test_concurrent_callers_get_identical_results(qwen3: Embedder) -> None:
 
 def test_info_describes_model_and_backend(qwen3: Embedder, minilm: Embedder) -> None:
     info = qwen3.info()
-    assert info["dimensions_range"] == [32, 64] and info["max_length"] == 128
-    assert info["pooling"] == "last_token" and info["backend"] == "onnxruntime" and info["precision"] == "fp32"
-    assert info["backend_details"]["device"] == "cpu"
-    assert minilm.info()["dimensions_range"] == [384, 384] and minilm.info()["pooling"] == "mean"
+    assert info.dimensions_range == (32, 64) and info.dimensions == 64 and info.max_length == 128
+    assert info.pooling == "last_token" and info.backend.backend == "onnxruntime" and info.backend.precision == "fp32"
+    assert info.backend.device == "cpu" and info.backend.providers == ("CPUExecutionProvider",)
+    assert info.query_template == "Instruct: {instruction}\nQuery:{text}" and info.default_instruction
+    assert minilm.info().dimensions_range == (384, 384) and minilm.info().pooling == "mean"
+    assert minilm.info().to_dict()["backend"]["graph"] == minilm.info().backend.graph != ""
     assert qwen3.backend_name == "onnxruntime" and qwen3.precision == "fp32"
 
 

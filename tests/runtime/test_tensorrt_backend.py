@@ -24,6 +24,7 @@ from embedrt.backends.tensorrt import TensorRTBackend
 from embedrt.config import BackendConfig
 from embedrt.engines import ProfileShape
 from embedrt.errors import BackendError, InvalidInputError, OverloadedError
+from embedrt.info import BackendInfo
 from embedrt.manifest import load_manifest
 
 PROFILE = ProfileShape((1, 1), (4, 64), (4, 64))
@@ -57,10 +58,10 @@ def _batch(rows: int, seq: int, start: int = 1) -> Batch:
 def test_describe_names_the_engine_key_the_server_reports(qwen3_artefact: Path, fake_cuda: FakeCudart) -> None:
     backend = _open(qwen3_artefact)
     facts = backend.describe()
-    assert facts["engine_key"] == "tensorrt-10.13.0.35-sm90-fp32"
-    assert facts == {"backend": "tensorrt", "precision": "fp32", "device": "cuda",
-                     "engine_key": "tensorrt-10.13.0.35-sm90-fp32", "profiles": "1x1:4x64:4x64", "contexts": "1",
-                     "gpu": "NVIDIA H200 (sm90)"}
+    assert facts.engine_key == "tensorrt-10.13.0.35-sm90-fp32"
+    assert facts == BackendInfo(backend="tensorrt", precision="fp32", device="cuda",
+                                engine_key="tensorrt-10.13.0.35-sm90-fp32", profiles=("1x1:4x64:4x64",), contexts=1,
+                                gpu="NVIDIA H200 (sm90)")
     backend.close()
 
 
@@ -70,7 +71,7 @@ def test_limits_and_row_splitting_follow_the_profiles(qwen3_artefact: Path, fake
         limits = backend.limits()
         assert (limits.max_batch, limits.max_sequence) == (4, 100)
         assert limits.sequence_buckets == (16, 32, 64, 100)
-        assert backend.describe()["contexts"] == "2"  # one per profile, at most CONTEXTS
+        assert backend.describe().contexts == 2  # one per profile, at most CONTEXTS
         batch = _batch(5, 80)  # more rows than the long profile takes: split, then merged in order
         out = backend.run(batch)
         np.testing.assert_allclose(out["sentence_embedding"], embed_rows(batch.input_ids, batch.attention_mask, 8),
@@ -131,7 +132,7 @@ def test_a_plan_from_another_gpu_model_is_named_on_open(artefact: Path, fake_cud
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1 and "NVIDIA H100 PCIe" in warned[0] and "NVIDIA H200" in warned[0], warned
     assert "embedrt build" in warned[0]
-    assert backend.describe()["engine_warning"] == warned[0]
+    assert backend.describe().notes["engine_warning"] == warned[0]
     backend.close()
 
 

@@ -55,6 +55,9 @@ def test_info_describes_the_model(served: Served, library: Embedder) -> None:
         library.manifest.name, high, low, high)
     assert info.max_length == library.manifest.max_length
     assert (info.pooling, info.backend, info.precision) == ("last_token", "onnxruntime", "fp32")
+    assert info.query_template == library.manifest.prompts.query
+    assert info.default_instruction == library.manifest.prompts.default_instruction != ""
+    assert info.engine_key == library.info().backend.engine_key == ""  # ONNX Runtime: no engine
     assert info.version
 
 

@@ -23,6 +23,7 @@ from .backends import Backend, create_backend
 from .batching import CPU_BATCHING, collate, plan
 from .config import BackendConfig, BatchingConfig
 from .errors import ArtefactError, BackendError, UnavailableError
+from .info import ModelInfo
 from .manifest import Manifest, load_manifest
 from .pooling import check_dimensions, finish, l2_normalize
 from .tokenizer import Encoded, TextTokenizer, TokenIdFormat, validate_texts
@@ -64,6 +65,7 @@ class Embedder:
         self._limits = replace(limits, max_sequence=cap)
         self.backend_name = backend.name
         self.precision = backend.precision
+        self._backend_info = backend.describe()
         # close() waits for running batches instead of freeing a session under them.
         self._state = threading.Condition()
         self._running = 0
@@ -79,7 +81,7 @@ class Embedder:
             config = replace(config, precision=precision)
         opened = _open_backend(root, manifest, backend, config)
         if batching is None:  # the defaults differ by device; see batching.CPU_BATCHING
-            batching = CPU_BATCHING if opened.describe().get("device") == "cpu" else BatchingConfig()
+            batching = CPU_BATCHING if opened.device == "cpu" else BatchingConfig()
         try:
             return cls(root, manifest, opened, batching)
         except BaseException:
@@ -147,25 +149,18 @@ class Embedder:
         prompts = self.manifest.prompts
         return self.embed([prompts.format_document(t) for t in validate_texts(texts)], **kw)
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> ModelInfo:
+        """The model and how it runs (a closed Embedder reports its backend as it last ran)."""
         low, high = self.manifest.dimensions_range
         backend = self._backend
-        return {
-            "name": self.manifest.name,
-            "architecture": self.manifest.architecture,
-            "dimensions": high,
-            "dimensions_range": [low, high],
-            "max_length": self.manifest.max_length,
-            "pooling": self.manifest.pooling,
-            "normalize": self.manifest.normalize,
-            "query_template": self.manifest.prompts.query,
-            "default_instruction": self.manifest.prompts.default_instruction,
-            "backend": self.backend_name,
-            "precision": self.precision,
-            "backend_details": backend.describe() if backend is not None else {},
-            "max_batch_tokens": self.batching.max_batch_tokens,
-            "max_batch_size": self.batching.max_batch_size,
-        }
+        if backend is not None:
+            self._backend_info = backend.describe()
+        m = self.manifest
+        return ModelInfo(name=m.name, architecture=m.architecture, dimensions=high, dimensions_range=(low, high),
+                         max_length=m.max_length, pooling=m.pooling, normalize=m.normalize,
+                         query_template=m.prompts.query, default_instruction=m.prompts.default_instruction,
+                         backend=self._backend_info, max_batch_tokens=self.batching.max_batch_tokens,
+                         max_batch_size=self.batching.max_batch_size)
 
     # -- lifecycle -------------------------------------------------------------------------------
 

@@ -73,7 +73,7 @@ def verify_plan(artefact: Path, manifest: Manifest, trt: Any, record: EngineReco
         engine.open()
         modes = {"single": _embed(engine, items, manifest, batched=False),
                  "batched": _embed(engine, items, manifest, batched=True)}
-        gpu = engine.describe().get("gpu", "?")
+        gpu = engine.describe().gpu or "?"
     finally:
         engine.close()
     cosines = np.stack([np.einsum("ij,ij->i", vectors, reference) for vectors in modes.values()])

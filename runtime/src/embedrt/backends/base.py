@@ -11,6 +11,7 @@ from types import TracebackType
 import numpy as np
 
 from ..config import BackendConfig
+from ..info import BackendInfo
 from ..manifest import Manifest
 
 
@@ -57,6 +58,11 @@ class Backend(abc.ABC):
     def precision(self) -> str:
         """The precision actually running: fp32, fp16 or int8."""
 
+    @property
+    @abc.abstractmethod
+    def device(self) -> str:
+        """Where it runs: "cpu" or "cuda"."""
+
     @abc.abstractmethod
     def open(self) -> None:
         """Load the graph / engine and allocate what ``run`` needs. Idempotent."""
@@ -82,9 +88,9 @@ class Backend(abc.ABC):
         for batch in batches:
             yield self.run(batch)
 
-    def describe(self) -> dict[str, str]:
-        """Human-readable facts for ``Info`` / logs (device, provider, engine key...)."""
-        return {"backend": self.name, "precision": self.precision}
+    def describe(self) -> BackendInfo:
+        """What runs, where, and any fallback taken (for ``Info``, logs and benchmarks)."""
+        return BackendInfo(backend=self.name, precision=self.precision, device=self.device)
 
     def __enter__(self) -> Backend:
         self.open()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from ..config import BackendConfig
 from ..errors import ArtefactError, BackendError, InvalidInputError
+from ..info import BackendInfo
 from ..manifest import GraphFile, Manifest
 from .base import Backend, Batch, ShapeLimits
 from .ort_cuda import CudaRunner
@@ -222,13 +224,11 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError(f"ONNX Runtime failed on a batch of shape {batch.shape}: {exc}") from exc
         return dict(zip(OUTPUTS, values, strict=True))
 
-    def describe(self) -> dict[str, str]:
+    def describe(self) -> BackendInfo:
         graph = self._graph_file or self.manifest.graph(self.precision, self.config.attention)
-        facts = {**super().describe(), "device": self._device, "graph": graph.file, "attention": graph.attention,
-                 "intra_op_threads": str(self.config.intra_op_threads or "default"), **self._notes}
-        if self._session is not None:
-            facts["providers"] = ",".join(self._session.get_providers())
-        return facts
+        providers = tuple(self._session.get_providers()) if self._session is not None else ()
+        return replace(super().describe(), graph=graph.file, attention=graph.attention, providers=providers,
+                       intra_op_threads=self.config.intra_op_threads or None, notes=dict(self._notes))
 
 
 __all__ = ["OnnxRuntimeBackend", "choose_precision", "cuda_available"]

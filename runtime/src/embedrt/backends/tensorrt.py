@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Generator, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ import numpy as np
 from ..config import DEFAULT_SEQUENCE_BUCKETS, BackendConfig
 from ..engines import CONTEXTS, EngineRecord, ProfileShape
 from ..errors import BackendError
+from ..info import BackendInfo
 from ..manifest import Manifest
 from . import cuda
 from .base import Backend, Batch, ShapeLimits
@@ -131,17 +133,20 @@ class TensorRTBackend(Backend):
             cuda.set_device(self.config.device_id)
         yield from pipelined(batches, pool, self._profiles)
 
-    def describe(self) -> dict[str, str]:
-        facts = {**super().describe(), "device": "cuda"}
+    @property
+    def device(self) -> str:
+        return "cuda"
+
+    def describe(self) -> BackendInfo:
+        info = super().describe()
         if self.record is not None:
-            facts["engine_key"] = str(self.record.key)
-            facts["profiles"] = ",".join(p.describe() for p in self._profiles)
-            facts["contexts"] = str(len(self._slots))
+            info = replace(info, engine_key=str(self.record.key), profiles=tuple(p.describe() for p in self._profiles),
+                           contexts=len(self._slots))
         if self.gpu is not None:
-            facts["gpu"] = f"{self.gpu.name} (sm{self.gpu.sm})"
+            info = replace(info, gpu=f"{self.gpu.name} (sm{self.gpu.sm})")
         if self._plan is not None and self._plan.note:
-            facts["engine_warning"] = self._plan.note
-        return facts
+            info = replace(info, notes={"engine_warning": self._plan.note})
+        return info
 
 
 __all__ = ["TensorRTBackend"]

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..config import BackendConfig
 from ..errors import InvalidInputError
+from ..info import ModelInfo
 
 CHUNK = 256  # texts per call: bounds memory and drives the progress bar
 PROGRESS_OVER = 300  # a progress bar only when a file has more lines than this
@@ -112,7 +113,7 @@ class _Output:
         self._tmp.unlink(missing_ok=True)
 
 
-def _embed_all(args: argparse.Namespace, texts: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
+def _embed_all(args: argparse.Namespace, texts: list[str]) -> tuple[np.ndarray, ModelInfo]:
     from ..embedder import Embedder
 
     options = {"dimensions": args.dimensions}
@@ -148,7 +149,7 @@ def _run(args: argparse.Namespace) -> int:
     if output is not None:
         print(f"wrote {len(vectors)} x {vectors.shape[1]} embeddings to {args.output}", file=sys.stderr)
         return 0
-    json.dump({"model": info["name"], "backend": info["backend"], "precision": info["precision"],
+    json.dump({"model": info.name, "backend": info.backend.backend, "precision": info.backend.precision,
                "dimensions": int(vectors.shape[1]),
                "data": [{"index": i, "embedding": row.tolist()} for i, row in enumerate(vectors)]},
               sys.stdout)

@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from ..config import ServerConfig
 from ..core import EmbedRequest, EmbedResult
 from ..errors import ConfigError, InvalidInputError, OverloadedError, status_for
-from .state import Phase, ServingState
+from .state import Phase, ServingState, info_fields
 from .stubs import SERVICE_NAME, pb2
 
 _STREAM_WINDOW = 64  # requests one stream may have in flight; past it the stream is flow-controlled
@@ -171,7 +171,7 @@ class EmbedderService:
     async def Info(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
         try:
-            reply = pb2.InfoResponse(**self.state.info())
+            reply = pb2.InfoResponse(**info_fields(self.state.info()))
         except Exception as exc:
             await self._fail(context, exc, started)
         self.state.metrics.request("grpc", "OK", time.perf_counter() - started)

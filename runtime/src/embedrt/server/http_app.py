@@ -26,7 +26,7 @@ from ..core import EmbedRequest, EmbedResult
 from ..errors import ConfigError, InvalidInputError, MethodNotAllowedError, RouteNotFoundError, status_for
 from .http_body import BodyLimits
 from .http_errors import error_parts
-from .state import ServingState
+from .state import ServingState, info_fields
 
 _PARSE_OFF_LOOP = 1 << 16  # bodies larger than this are parsed on a thread, not on the event loop
 _ROUTES = "POST /v1/embeddings, GET /health, /metrics, /info, /v1/models"
@@ -185,7 +185,7 @@ def create_app(state: ServingState, config: ServerConfig) -> FastAPI:
     @app.get("/info")
     async def info() -> Response:
         try:
-            return Response(json.dumps(state.info()), media_type="application/json")
+            return Response(json.dumps(info_fields(state.info())), media_type="application/json")
         except Exception as exc:
             return error_response(exc)
 

@@ -10,6 +10,7 @@ from .. import __version__
 from ..core import EmbedRequest, EmbedResult, Scheduler
 from ..embedder import Embedder
 from ..errors import UnavailableError
+from ..info import ModelInfo
 from .metrics import ServerMetrics
 
 Phase = Literal["loading", "ready", "draining", "stopped"]
@@ -55,20 +56,22 @@ class ServingState:
         """Submit to the core and wait without blocking the loop; cancelling the wait cancels the job."""
         return await asyncio.wrap_future(self.scheduler_or_raise().submit(request))
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> ModelInfo:
         self.scheduler_or_raise()
         assert self.embedder is not None
-        info = self.embedder.info()
-        details = info.get("backend_details") or {}
-        low, high = info["dimensions_range"]
-        return {
-            "model": info["name"], "dimensions": high, "min_dimensions": low, "max_dimensions": high,
-            "max_length": info["max_length"], "pooling": info["pooling"], "normalize": info["normalize"],
-            "backend": info["backend"], "precision": info["precision"],
-            "engine_key": str(details.get("engine_key", "")), "version": __version__,
-            "query_template": info.get("query_template") or "",
-            "default_instruction": info.get("default_instruction") or "",
-        }
+        return self.embedder.info()
 
 
-__all__ = ["Phase", "ServingState"]
+def info_fields(info: ModelInfo) -> dict[str, Any]:
+    """The served Info, as gRPC's ``InfoResponse`` fields and HTTP's ``/info`` document alike."""
+    low, high = info.dimensions_range
+    return {
+        "model": info.name, "dimensions": high, "min_dimensions": low, "max_dimensions": high,
+        "max_length": info.max_length, "pooling": info.pooling, "normalize": info.normalize,
+        "backend": info.backend.backend, "precision": info.backend.precision, "engine_key": info.backend.engine_key,
+        "version": __version__, "query_template": info.query_template,
+        "default_instruction": info.default_instruction or "",
+    }
+
+
+__all__ = ["Phase", "ServingState", "info_fields"]
