@@ -25,10 +25,9 @@ from typing import Any
 import onnxruntime as ort
 
 from embedrt.manifest import load_manifest
-from embedrt_export import ExportOptions, export_model
-from embedrt_export.calibration import SHIPPED, TextEncoder, format_records, load_records
-from embedrt_export.quality import HeldOut, compare
-from embedrt_export.quantize import QuantizeOptions, quantize_artefact
+from embedrt_export import ExportOptions, QuantizeOptions, export_model, quantize_artefact
+from embedrt_export.quantize.calibration import SHIPPED, TextEncoder, format_records, load_records
+from embedrt_export.quantize.quality import HeldOut, compare
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- int8:begin -->", "<!-- int8:end -->"
@@ -90,7 +89,7 @@ def minilm(work: Path, rounds: int, threads: int) -> tuple[str, list[dict[str, A
 
 
 def qwen3(work: Path, layers: int, rounds: int, threads: int) -> tuple[str, list[dict[str, Any]]]:
-    from embedrt_export.synthetic import QWEN3_06B_SHAPE, make_random_qwen3
+    from embedrt_export.testing.synthetic import QWEN3_06B_SHAPE, make_random_qwen3
 
     shape = dataclasses.replace(QWEN3_06B_SHAPE, num_hidden_layers=layers)
     src = make_random_qwen3(work / "qwen3-src", shape)

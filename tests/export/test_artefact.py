@@ -12,8 +12,9 @@ import onnxruntime as ort
 import pytest
 
 from embedrt.manifest import load_manifest
-from embedrt_export import ExportOptions, ParityError, SourceNotFoundError, export_model, parity
-from embedrt_export.source import file_sha256
+from embedrt_export import ExportOptions, ParityError, SourceNotFoundError, export_model
+from embedrt_export.export import parity
+from embedrt_export.export.source import file_sha256
 
 
 def test_parity_failure_names_worst_text_and_leaves_nothing(qwen3_dir: Path, tmp_path: Path,

@@ -10,7 +10,7 @@ from .export_stage import load_export_stage
 
 def _run(args: argparse.Namespace) -> int:
     load_export_stage()  # a clear install hint when embedrt_export (or torch / onnx) is missing
-    from embedrt_export.quantize import QuantizeOptions, quantize_artefact
+    from embedrt_export import QuantizeOptions, quantize_artefact
 
     options = QuantizeOptions(
         calibration=Path(args.calibration) if args.calibration else None,

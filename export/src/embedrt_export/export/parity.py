@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ParityError
+from ..errors import ParityError
 
 # Minimum cosine against the PyTorch FP32 reference, per graph precision.
 TOLERANCE = {"fp32": 0.99999, "fp16": 0.999}

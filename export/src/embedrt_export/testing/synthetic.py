@@ -16,7 +16,8 @@ ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 
-_CORPUS = [
+# What the tokenizer is trained on; the benchmarks also draw their words from it.
+CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
     "Retrieval augmented generation combines search with language models.",
     "Instruct: Given a web search query, retrieve relevant passages that answer the query",
@@ -89,7 +90,7 @@ def build_tokenizer(vocab_size: int) -> object:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tok.train_from_iterator(CORPUS * 4, trainer=trainer)
     tok.add_special_tokens([ENDOFTEXT, IM_START, IM_END])
     eot = tok.token_to_id(ENDOFTEXT)
     tok.post_processor = processors.TemplateProcessing(
