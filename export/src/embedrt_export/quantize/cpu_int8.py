@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -72,7 +73,7 @@ class _Builder:
         return self.consts[key]
 
     def node(self, out: list[onnx.NodeProto], op: str, inputs: Sequence[str], stem: str, domain: str = "",
-             **attrs: object) -> str:
+             **attrs: Any) -> str:
         output = self.name(stem)
         out.append(helper.make_node(op, list(inputs), [output], name=output, domain=domain, **attrs))
         return output
@@ -152,8 +153,9 @@ def quantize_per_token(model: onnx.ModelProto, nodes: Sequence[str], weight_bits
         if x not in per_input:
             rows = b.node(new_nodes, "Reshape", [x, b.const(f"rows{k}", np.array([-1, k], np.int64))], "rows")
             # max|x| per row from the row max and min: two reads of x, no |x| tensor written.
-            hi, lo = (b.node(new_nodes, op, [rows, one1] if opset >= 18 else [rows], "peak", keepdims=0,
-                             **({} if opset >= 18 else {"axes": [1]})) for op in ("ReduceMax", "ReduceMin"))
+            axes: dict[str, Any] = {} if opset >= 18 else {"axes": [1]}  # ReduceMax axes: an input from opset 18
+            hi, lo = (b.node(new_nodes, op, [rows, one1] if opset >= 18 else [rows], "peak", keepdims=0, **axes)
+                      for op in ("ReduceMax", "ReduceMin"))
             peak = b.node(new_nodes, "Max", [hi, b.node(new_nodes, "Neg", [lo], "peak"), tiny], "peak")
             scale = b.node(new_nodes, "Mul", [peak, inv127], "scale")
             zps = b.node(new_nodes, "Expand", [zp, b.node(new_nodes, "Shape", [scale], "count")], "zps")

@@ -31,7 +31,7 @@ from typing import Any
 
 import onnx
 
-from embedrt.manifest import MANIFEST_NAME, GraphFile, Manifest, load_manifest
+from embedrt.manifest import MANIFEST_NAME, GraphFile, Manifest, Precision, load_manifest
 
 from ..errors import QuantizationError
 from ..export.artefact import checksums, write_atomic
@@ -245,7 +245,7 @@ def _cpu_graph(work: _Work) -> GraphFile:
     return _derived(work, out, "int8-cpu", report, cpu_record(options, plan, per_tensor, integer_ops, speed, auto))
 
 
-def _derived(work: _Work, out: Path, key: str, report: dict[str, Any], quantization: dict[str, Any]) -> GraphFile:
+def _derived(work: _Work, out: Path, key: Precision, report: dict[str, Any], quantization: dict[str, Any]) -> GraphFile:
     """The FP32 graph's entry with this graph's file, key and reports: what else the export recorded about the
     graph's form (attention kind, the padding side it is exact for) holds for its quantized copies too."""
     return replace(work.manifest.graph("fp32"), file=out.name, precision=key, sha256="",
@@ -289,7 +289,8 @@ def _per_tensor_search(work: _Work, out: Path, plan: Plan, report: dict[str, Any
         return record, report
     model = onnx.load(str(work.source), load_external_data=False)
     groups = cpu_int8.norm_fed_groups(model, {n: role(plan.paths[n]) for n in plan.quantize})
-    base, kept = report["mean_cosine"], ()
+    base = report["mean_cosine"]
+    kept: tuple[str, ...] = ()
     record["per_token_mean_cosine"] = base
     probe = work.stage / "probe-cpu.onnx"
     for name, nodes in groups.items():
