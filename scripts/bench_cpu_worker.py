@@ -120,7 +120,7 @@ class Embedrt:
         """Share of ONNX Runtime kernel time by op type on ``texts`` (one pass, batches of 32)."""
         import onnxruntime as ort
 
-        from embedrt_export.calibration import TextEncoder
+        from embedrt_export.quantize.calibration import TextEncoder
 
         e = self.embedder
         graph = e.manifest.graph(e.precision)

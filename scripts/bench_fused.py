@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     import dataclasses
 
     from embedrt.manifest import load_manifest
-    from embedrt_export.synthetic import QWEN3_06B_SHAPE, make_random_qwen3
+    from embedrt_export.testing.synthetic import QWEN3_06B_SHAPE, make_random_qwen3
 
     model = args.work / f"model-{args.layers}l"
     if not (model / "config.json").is_file():

@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from datetime import date
@@ -24,21 +25,15 @@ from typing import Any
 
 import onnxruntime as ort
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchdocs import markers, write_section
+
 from embedrt.manifest import load_manifest
-from embedrt_export import ExportOptions, export_model
-from embedrt_export.calibration import SHIPPED, TextEncoder, format_records, load_records
-from embedrt_export.quality import HeldOut, compare
-from embedrt_export.quantize import QuantizeOptions, quantize_artefact
+from embedrt_export import ExportOptions, QuantizeOptions, export_model, quantize_artefact
+from embedrt_export.quantize.calibration import SHIPPED, TextEncoder, format_records, load_records
+from embedrt_export.quantize.quality import HeldOut, compare, open_session
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- int8:begin -->", "<!-- int8:end -->"
-
-
-def _session(path: Path, threads: int) -> Any:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+SECTION = "int8"
 
 
 def _tokens_per_s(session: Any, held: HeldOut) -> float:
@@ -54,7 +49,7 @@ def measure(artefact: Path, graphs: dict[str, Path], rounds: int, threads: int) 
     records = load_records(SHIPPED["heldout"])
     held = HeldOut.build(format_records(records, manifest), [r.kind for r in records],
                          TextEncoder(artefact, manifest), graphs["fp32"])
-    sessions = {name: _session(path, threads) for name, path in graphs.items()}
+    sessions = {name: open_session(path, threads) for name, path in graphs.items()}
     for session in sessions.values():
         session.run(["sentence_embedding"], held.batches[0])  # warm-up
     best = dict.fromkeys(sessions, 0.0)
@@ -90,7 +85,7 @@ def minilm(work: Path, rounds: int, threads: int) -> tuple[str, list[dict[str, A
 
 
 def qwen3(work: Path, layers: int, rounds: int, threads: int) -> tuple[str, list[dict[str, Any]]]:
-    from embedrt_export.synthetic import QWEN3_06B_SHAPE, make_random_qwen3
+    from embedrt_export.testing.synthetic import QWEN3_06B_SHAPE, make_random_qwen3
 
     shape = dataclasses.replace(QWEN3_06B_SHAPE, num_hidden_layers=layers)
     src = make_random_qwen3(work / "qwen3-src", shape)
@@ -112,16 +107,6 @@ def table(title: str, rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['graph']} | {r['tokens_per_s']:.0f} | {r['speedup']:.2f}× | {r['mean_cosine']:.4f} | "
                      f"{r['min_cosine']:.4f} | {r['retrieval_agreement_at_10']:.3f} |")
     return "\n".join(lines)
-
-
-def write_docs(body: str) -> None:
-    text = DOCS.read_text(encoding="utf-8") if DOCS.exists() else "# Benchmarks\n"
-    section = f"{BEGIN}\n{body}\n{END}"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOCS.write_text(text, encoding="utf-8")
 
 
 def main() -> None:
@@ -146,7 +131,8 @@ def main() -> None:
     body = "\n\n".join([header, *(table(t, r) for t, r in results)])
     print(body)
     if args.write_docs:
-        write_docs(body)
+        begin, end = markers(SECTION)
+        write_section(SECTION, f"{begin}\n{body}\n{end}\n")
 
 
 if __name__ == "__main__":

@@ -48,13 +48,11 @@ def ensure_artefact(layers: int) -> Path:
         return out
     except ArtefactError:
         pass
-    from embedrt_export import ExportOptions, export_model, onnx_export
-    from embedrt_export.synthetic import QWEN3_06B_SHAPE, make_random_qwen3
+    from embedrt_export import ExportOptions, export_model
+    from embedrt_export.testing.synthetic import QWEN3_06B_SHAPE, make_random_qwen3
 
-    # Weights in an external .data file, as every real Qwen3-Embedding export has them (0.6B is
-    # 2.3 GB, past the 1 GiB threshold): ONNX Runtime memory-maps those instead of copying them.
-    onnx_export.EXTERNAL_DATA_THRESHOLD = 0
-
+    # The weights land in an external .data file, as in every export (onnx_export.save), which
+    # ONNX Runtime memory-maps instead of copying.
     config = dataclasses.replace(QWEN3_06B_SHAPE, num_hidden_layers=layers)
     print(f"making a {layers}-layer 0.6B-width Qwen3 and exporting it (once)...", file=sys.stderr)
     make_random_qwen3(out / "model", config)
@@ -67,10 +65,10 @@ def make_texts(artefact: Path, count: int, seed: int = 0) -> list[str]:
     """Texts whose token counts are log-uniform in [16, 512] (counted with the artefact's tokenizer)."""
     from tokenizers import Tokenizer
 
-    from embedrt_export.synthetic import _CORPUS
+    from embedrt_export.testing.synthetic import CORPUS
 
     tok = Tokenizer.from_file(str(artefact / "tokenizer.json"))
-    words = " ".join(_CORPUS).split()
+    words = " ".join(CORPUS).split()
     rng = random.Random(seed)
     texts = []
     for _ in range(count):
@@ -116,7 +114,7 @@ def run_torch(model: Path, texts: list[str], threads: int, batch: int, sort: boo
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from embedrt_export.wrapper import reference_pool
+    from embedrt_export.export.wrapper import reference_pool
 
     torch.set_num_threads(threads)
     started = time.perf_counter()

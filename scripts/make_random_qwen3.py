@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 import sys
 
-from embedrt_export.synthetic import QWEN3_06B_SHAPE, RandomQwen3Config, make_random_qwen3
+from embedrt_export.testing.synthetic import QWEN3_06B_SHAPE, RandomQwen3Config, make_random_qwen3
 
 
 def main() -> int:

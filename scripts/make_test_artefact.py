@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from embedrt_export import ExportOptions, export_model
-from embedrt_export.synthetic import RandomQwen3Config, make_random_qwen3
+from embedrt_export.testing.synthetic import RandomQwen3Config, make_random_qwen3
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -55,7 +55,7 @@ def reference_vectors(model_dir: Path, artefact: Path, texts: list[str], max_len
     import torch
     from transformers import AutoModel, PreTrainedTokenizerFast
 
-    from embedrt_export.wrapper import reference_pool
+    from embedrt_export.export.wrapper import reference_pool
 
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(artefact / "tokenizer.json"))
     net = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval()

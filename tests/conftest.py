@@ -23,7 +23,7 @@ TINY_QWEN3 = {
 
 @pytest.fixture(scope="session")
 def qwen3_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from embedrt_export.synthetic import RandomQwen3Config, make_random_qwen3
+    from embedrt_export.testing.synthetic import RandomQwen3Config, make_random_qwen3
 
     root = tmp_path_factory.mktemp("qwen3")
     return {name: make_random_qwen3(root / name, RandomQwen3Config(**cfg)) for name, cfg in TINY_QWEN3.items()}

@@ -10,7 +10,7 @@ from quantize_helpers import QUICK, _copy
 
 
 def _quantized(src: Path, dst: Path) -> Path:
-    from embedrt_export.quantize import QuantizeOptions, quantize_artefact
+    from embedrt_export import QuantizeOptions, quantize_artefact
 
     _copy(src, dst)  # the exported artefacts are shared too: quantize a copy
     quantize_artefact(dst, QuantizeOptions(**QUICK), log=lambda _: None)  # defaults: both graphs, auto-exclusion on

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -12,8 +13,9 @@ import onnxruntime as ort
 import pytest
 
 from embedrt.manifest import load_manifest
-from embedrt_export import ExportOptions, ParityError, SourceNotFoundError, export_model, parity
-from embedrt_export.source import file_sha256
+from embedrt_export import ExportOptions, ParityError, SourceNotFoundError, export_model
+from embedrt_export.export import parity
+from embedrt_export.export.source import file_sha256
 
 
 def test_parity_failure_names_worst_text_and_leaves_nothing(qwen3_dir: Path, tmp_path: Path,
@@ -78,8 +80,13 @@ def test_missing_local_directory(tmp_path: Path) -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    # A bare environment (offline, no tokens), but the same import path as this process: the code under
+    # test, and its entry-point metadata, where PYTHONPATH points at a checkout.
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     return subprocess.run([sys.executable, "-m", "embedrt.cli", *args], capture_output=True, text=True,
-                          timeout=600, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+                          timeout=600, env=env)
 
 
 def test_cli_export(qwen3_dir: Path, tmp_path: Path) -> None:

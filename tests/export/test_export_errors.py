@@ -205,7 +205,7 @@ def test_a_second_export_into_the_same_out_does_not_replace_the_first(tmp_path: 
 
 
 def test_export_finishing_second_without_overwrite_says_so(tmp_path: Path) -> None:
-    from embedrt_export.artefact import staging_dir
+    from embedrt_export.export.artefact import staging_dir
 
     out = tmp_path / "art"
     with pytest.raises(ExportError, match="written by another export meanwhile; pass --overwrite"):

@@ -14,7 +14,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from embedrt.manifest import Manifest, load_manifest
 from embedrt_export import ExportOptions, export_model
-from embedrt_export.wrapper import reference_pool
+from embedrt_export.export.wrapper import reference_pool
 
 
 def test_manifest_describes_qwen3(qwen3_artefact: Path) -> None:

@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto
 
-from embedrt_export.fp16 import _module_classes
+from embedrt_export.graph import module_classes
 
 
 def _types(model: onnx.ModelProto) -> dict[str, int]:
@@ -25,14 +25,14 @@ def test_fp16_graph_precision_plan(qwen3_artefact: Path) -> None:
     types = _types(model)
     matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
     assert matmuls and all(types[i] == TensorProto.FLOAT16 for n in matmuls for i in n.input)
-    norms = [n for n in model.graph.node if any(c.endswith("RMSNorm") for c in _module_classes(n))]
+    norms = [n for n in model.graph.node if any(c.endswith("RMSNorm") for c in module_classes(n))]
     pows = [n for n in norms if n.op_type in ("Pow", "ReduceMean")]
     # Pow + ReduceMean in 4 norms per layer (input, q, k, post-attention) x 2 layers, plus the final norm.
     assert len(pows) == 2 * (4 * 2 + 1)
     assert all(types[o] == TensorProto.FLOAT for n in pows for o in n.output)
     softmax = [n for n in model.graph.node if n.op_type == "Softmax"]
     assert len(softmax) == 2 and all(types[n.output[0]] == TensorProto.FLOAT for n in softmax)
-    residual = [n for n in model.graph.node if n.op_type == "Add" and _module_classes(n)[-1:] == ["Qwen3DecoderLayer"]]
+    residual = [n for n in model.graph.node if n.op_type == "Add" and module_classes(n)[-1:] == ["Qwen3DecoderLayer"]]
     assert len(residual) == 4 and all(types[n.output[0]] == TensorProto.FLOAT for n in residual)
     assert {i.type.tensor_type.elem_type for i in model.graph.input} == {TensorProto.INT64}
     assert {o.type.tensor_type.elem_type for o in model.graph.output} == {TensorProto.FLOAT}

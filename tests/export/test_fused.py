@@ -12,8 +12,9 @@ import onnxruntime as ort
 import pytest
 
 from embedrt.manifest import load_manifest
-from embedrt_export import ExportOptions, export_model, fused
+from embedrt_export import ExportOptions, export_model
 from embedrt_export.errors import ExportError
+from embedrt_export.export import fused
 
 EXPECTED_2_LAYERS = {"Attention": 2, "RMSNormalization": 9, "RotaryEmbedding": 4}
 
@@ -120,7 +121,7 @@ def test_broken_fusion_fails_loudly(qwen3_artefact: Path) -> None:
 
 def test_fp16_falls_back_to_full_islands_when_lean_misses_the_gate(
         qwen3_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from embedrt_export import exporter
+    from embedrt_export.export import exporter
 
     real = exporter._Gate.measure
     calls: list[str] = []
@@ -148,7 +149,7 @@ def test_attention_option(qwen3_dir: Path, minilm_dir: Path, tmp_path: Path, mon
     assert m.graphs["fp32"].attention == "eager" and m.graphs["fp32"].file == "model.fp32.onnx"
     assert m.eager_graphs == {} and "Attention" not in {n.op_type for n in _nodes(tmp_path / "e" / "model.fp32.onnx")}
     # A family whose fused op counts are not known yet (bert's are: see test_export_minilm) is refused.
-    from embedrt_export import spec
+    from embedrt_export.export import spec
 
     defaults = spec._FAMILY_DEFAULTS["bert"]
     monkeypatch.setitem(spec._FAMILY_DEFAULTS, "bert", dataclasses.replace(defaults, fused_per_layer=None))

@@ -20,12 +20,12 @@ from quantize_helpers import LINEAR_PER_LAYER, QUICK, _copy, _load, _snapshot
 
 from embedrt.cli import main
 from embedrt.manifest import load_manifest
-from embedrt_export.calibration import SHIPPED, load_records
+from embedrt_export import QuantizeOptions, quantize_artefact
 from embedrt_export.errors import QuantizationError
-from embedrt_export.fp16 import _module_classes
-from embedrt_export.quality import retrieval_agreement
-from embedrt_export.quantize import QuantizeOptions, quantize_artefact
-from embedrt_export.source import file_sha256
+from embedrt_export.export.source import file_sha256
+from embedrt_export.graph import module_classes
+from embedrt_export.quantize.calibration import SHIPPED, load_records
+from embedrt_export.quantize.quality import retrieval_agreement
 
 # MiniLM's FFN layers carry token-wise activation outliers that static per-tensor INT8 cannot hold
 # (0.972 mean cosine fully quantized): with default options the automatic exclusion search keeps them float.
@@ -62,7 +62,7 @@ def test_int8_passes_gate_and_is_recorded(int8_artefact: Path) -> None:
     texts = ["Instruct: Find docs\nQuery:what is int8?", "Le renard brun rapide.", "def f(x):\n    return x"]
     fp32 = ort.InferenceSession(str(int8_artefact / m.graph("fp32").file), providers=["CPUExecutionProvider"])
     int8 = ort.InferenceSession(str(int8_artefact / graph.file), providers=["CPUExecutionProvider"])
-    from embedrt_export.calibration import TextEncoder
+    from embedrt_export.quantize.calibration import TextEncoder
 
     feed = TextEncoder(int8_artefact, m).encode(texts)
     a, b = (s.run(["sentence_embedding"], feed)[0] for s in (fp32, int8))
@@ -103,7 +103,7 @@ def test_excluded_ops_stay_float(int8_artefact: Path) -> None:
                  "ReduceSum", "GatherND", "ArgMax"}
     checked = 0
     for node in model.graph.node:
-        classes = _module_classes(node)
+        classes = module_classes(node)
         in_norm = any(c.endswith(("RMSNorm", "LayerNorm")) for c in classes)
         tail = 0 < len(classes) <= 1
         if node.op_type in float_ops or in_norm or tail:
@@ -113,7 +113,7 @@ def test_excluded_ops_stay_float(int8_artefact: Path) -> None:
             assert not fed[node.name], f"attention MatMul {node.name} was quantized"
     assert checked > 10
     # The token-embedding table is still float.
-    emb = [n for n in model.graph.node if n.op_type == "Gather" and "Embedding" in _module_classes(n)]
+    emb = [n for n in model.graph.node if n.op_type == "Gather" and "Embedding" in module_classes(n)]
     inits = {i.name: i for i in model.graph.initializer}
     assert emb and all(inits[n.input[0]].data_type == onnx.TensorProto.FLOAT for n in emb)
 
@@ -288,9 +288,9 @@ def test_custom_calibration_file_is_recorded(qwen3_artefact: Path, tmp_path: Pat
 
 
 def test_smoothquant_keeps_fp32_function(qwen3_artefact: Path) -> None:
-    from embedrt_export.calibration import TextEncoder
-    from embedrt_export.int8_plan import make_plan
-    from embedrt_export.smoothquant import smooth
+    from embedrt_export.quantize.calibration import TextEncoder
+    from embedrt_export.quantize.plan import make_plan
+    from embedrt_export.quantize.smoothquant import smooth
 
     m = load_manifest(qwen3_artefact)
     model = onnx.load(str(qwen3_artefact / m.graph("fp32").file))
@@ -303,11 +303,13 @@ def test_smoothquant_keeps_fp32_function(qwen3_artefact: Path) -> None:
     assert np.min(np.sum(before * after, axis=1)) > 0.99999
 
 
-def test_missing_export_stage_gives_install_hint(monkeypatch: pytest.MonkeyPatch,
-                                                 capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    monkeypatch.setitem(sys.modules, "embedrt_export", None)  # import now raises ImportError
+def test_half_installed_export_stage_gives_install_hint(monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # The command is registered, but what it runs cannot be imported (as with torch missing).
+    monkeypatch.setitem(sys.modules, "embedrt_export.quantize.pipeline", None)  # import now raises ImportError
     assert main(["quantize", str(tmp_path)]) == 2
-    assert "pip install embedrt-export" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "pip install embedrt-export" in err and "(missing: embedrt_export.quantize.pipeline)" in err
 
 
 def test_retrieval_agreement() -> None:
@@ -330,7 +332,7 @@ def test_int8_fp16_graph_for_tensorrt(int8_artefact: Path, tmp_path: Path) -> No
     Q/DQ adjacent to their MatMuls (no Cast between), and the same quality against FP32."""
     from embedrt import Embedder
     from embedrt.batching import collate
-    from embedrt_export import onnx_export
+    from embedrt_export.export import onnx_export
     from embedrt_export.fp16 import convert_qdq_to_fp16
 
     before = _load(int8_artefact)
@@ -354,7 +356,7 @@ def test_int8_fp16_graph_for_tensorrt(int8_artefact: Path, tmp_path: Path) -> No
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
     norms = [n for n in model.graph.node if n.op_type in ("Pow", "ReduceMean", "LayerNormalization", "RMSNormalization")
-             and any(c.endswith(("RMSNorm", "LayerNorm")) for c in _module_classes(n))]
+             and any(c.endswith(("RMSNorm", "LayerNorm")) for c in module_classes(n))]
     assert norms and all(types[n.output[0]] == onnx.TensorProto.FLOAT for n in norms)  # norms stay FP32
     converted = tmp_path / "model.int8fp16.onnx"
     onnx_export.save(model, converted)

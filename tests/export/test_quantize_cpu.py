@@ -17,10 +17,10 @@ from quantize_helpers import LINEAR_PER_LAYER, QUICK, _copy, _load, _snapshot
 
 from embedrt.cli import main
 from embedrt.manifest import load_manifest
-from embedrt_export.cpu_int8 import integer_kernels, quantize_per_token
+from embedrt_export import QuantizeOptions, quantize_artefact
 from embedrt_export.errors import QuantizationError
-from embedrt_export.quantize import QuantizeOptions, quantize_artefact
-from embedrt_export.source import file_sha256
+from embedrt_export.export.source import file_sha256
+from embedrt_export.quantize.cpu_int8 import integer_kernels, quantize_per_token
 
 
 @pytest.fixture(params=["qwen3", "minilm"])
@@ -197,7 +197,7 @@ def _norm_fed_block() -> onnx.ModelProto:
 
 def test_per_tensor_groups_and_fused_bias() -> None:
     """Norm-fed layers reading one tensor form one group; a per-tensor layer folds its bias Add in."""
-    from embedrt_export.cpu_int8 import norm_fed_groups
+    from embedrt_export.quantize.cpu_int8 import norm_fed_groups
 
     model = _norm_fed_block()
     roles = {"q": "l.*.attn.q", "k": "l.*.attn.k", "v": "l.*.attn.v", "o": "l.*.mlp.o"}

@@ -33,12 +33,12 @@ def read_only_artefact(qwen3_artefact: Path, tmp_path: Path) -> Iterator[Path]:
 
 def test_read_only_artefact_is_one_clean_error(read_only_artefact: Path, capsys: pytest.CaptureFixture[str],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from embedrt_export import quantize
+    from embedrt_export.quantize import pipeline
 
     def no_work(*args: object, **kwargs: object) -> None:
         raise AssertionError("calibration started on an artefact that cannot be written")
 
-    monkeypatch.setattr(quantize, "_prepare", no_work)
+    monkeypatch.setattr(pipeline, "_prepare", no_work)
     before = sorted(os.listdir(read_only_artefact))
     assert main(["quantize", str(read_only_artefact)]) == 2
     err = capsys.readouterr().err

@@ -59,7 +59,7 @@ def _copy(src: Path, tmp_path: Path) -> Path:
 
 def _add_int8_graph(artefact: Path) -> None:
     """The artefact's "int8" graph, made as a user would: ``embedrt quantize`` (symmetric Q/DQ)."""
-    from embedrt_export.quantize import QuantizeOptions, quantize_artefact
+    from embedrt_export import QuantizeOptions, quantize_artefact
 
     quantize_artefact(artefact, QuantizeOptions(cpu_variant=False, limit_calibration=16, limit_heldout=24,
                                                 show_progress=False), log=lambda _: None)

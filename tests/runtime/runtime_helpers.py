@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedrt_export.parity import BASE_TEXTS as PARITY_TEXTS
+from embedrt_export.export.parity import BASE_TEXTS as PARITY_TEXTS
 
 # The export's parity set (multilingual, code, emoji, one character, empty) plus an over-long text.
 TEXTS = [*PARITY_TEXTS, "Retrieval systems embed passages once and compare them with every incoming query. " * 30]
@@ -23,7 +23,7 @@ def torch_reference(model_dir: Path, texts: list[str], max_length: int, pooling:
     import torch
     from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast
 
-    from embedrt_export.wrapper import reference_pool
+    from embedrt_export.export.wrapper import reference_pool
 
     if tokenizer_file is not None:
         tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file))

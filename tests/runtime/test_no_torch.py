@@ -11,6 +11,9 @@ from pathlib import Path
 import embedrt
 
 HEAVY = ("torch", "transformers", "onnx", "sentence_transformers", "embedrt_export")
+# `embedrt` loads the export stage's command registration (entry points) where it is installed: that
+# much of embedrt_export may be imported, nothing that would bring torch along.
+REGISTRATION = {"embedrt_export", "embedrt_export.errors", "embedrt_export.cli"}
 
 _SCRIPT = """
 import json, sys
@@ -31,7 +34,11 @@ def _fresh(code: str, *args: str) -> list[str]:
 
 
 def test_import_load_and_embed_without_torch(qwen3_artefact: Path) -> None:
-    assert _fresh(_SCRIPT, str(qwen3_artefact), ",".join(HEAVY)) == []
+    loaded = _fresh(_SCRIPT, str(qwen3_artefact), ",".join(HEAVY))
+    commands = [m for m in loaded if m.startswith("embedrt_export.cli.")]
+    assert commands == ["embedrt_export.cli.build_cmd", "embedrt_export.cli.export_cmd",
+                        "embedrt_export.cli.quantize_cmd"]
+    assert [m for m in loaded if m not in REGISTRATION and m not in commands] == []
 
 
 def test_every_runtime_module_imports_without_torch() -> None:

@@ -21,7 +21,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-_HIERARCHY_KEY = "pkg.torch.onnx.class_hierarchy"
+from .graph import consumers, module_classes, producers
+
 _FP32_MODULE_SUFFIXES = ("RMSNorm", "LayerNorm", "RotaryEmbedding", "Pooler")
 # Layer classes whose own Add nodes are the residual sums (Qwen3DecoderLayer, BertSelfOutput, ...).
 _RESIDUAL_MODULE_SUFFIXES = ("DecoderLayer", "EncoderLayer", "SelfOutput", "Output", "Layer")
@@ -37,37 +38,15 @@ _FP16_MAX = float(np.finfo(np.float16).max)
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    """Tensor name -> the nodes that read it."""
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    return readers
-
-
-def _module_classes(node: onnx.NodeProto) -> list[str]:
-    """The nn.Module classes enclosing a node, outermost first (short names)."""
-    for prop in node.metadata_props:
-        if prop.key == _HIERARCHY_KEY:
-            entries = [c.strip(" '\"") for c in prop.value.strip("[]").split(",")]
-            return [
-                c.rsplit(".", 1)[-1]
-                for c in entries
-                if c and not c.startswith(("aten.", "<", "_")) and "." in c
-            ]
-    return []
-
-
 def fp32_island_nodes(model: onnx.ModelProto, plan: str = "full") -> set[str]:
     """Names of the nodes that must stay FP32 (see the module docstring) under ``plan``."""
     if plan not in PLANS:
         raise ValueError(f"unknown FP16 plan {plan!r} (known: {', '.join(PLANS)})")
-    producers = {out: node for node in model.graph.node for out in node.output}
+    produced_by = producers(model.graph)
     keep: set[str] = set()
     lean = plan == "lean"
     for node in model.graph.node:
-        classes = _module_classes(node)
+        classes = module_classes(node)
         inner = classes[-1] if classes else ""
         if len(classes) <= 1 or node.op_type in _FP32_OPS:
             keep.add(node.name)  # the export wrapper: pooling and normalisation tail
@@ -78,7 +57,7 @@ def fp32_island_nodes(model: onnx.ModelProto, plan: str = "full") -> set[str]:
             keep.add(node.name)
         elif node.op_type == "Softmax":
             keep.add(node.name)
-            source = producers.get(node.input[0])
+            source = produced_by.get(node.input[0])
             if source is not None and source.op_type == "Add":
                 keep.add(source.name)  # scores + additive mask
         elif node.op_type == "Add" and inner.endswith(_RESIDUAL_MODULE_SUFFIXES):
@@ -120,16 +99,16 @@ def convert_qdq_to_fp16(model: onnx.ModelProto, plan: str = "full") -> onnx.Mode
     qdq = {n.name for n in model.graph.node if n.op_type in _QDQ}
     island -= qdq
     _split_mixed_dequantize(model, island)
-    producers = {out: node for node in model.graph.node for out in node.output}
-    consumers = _consumers(model.graph)
+    produced_by = producers(model.graph)
+    read_by = consumers(model.graph)
     for node in model.graph.node:  # topological: a Q's producer is decided before the Q
         if node.op_type == "QuantizeLinear":
-            source = producers.get(node.input[0])
+            source = produced_by.get(node.input[0])
             if source is None or source.name in island:
                 island.add(node.name)
     for node in model.graph.node:
         if node.op_type == "DequantizeLinear":
-            users = consumers.get(node.output[0], [])
+            users = read_by.get(node.output[0], [])
             if not users or any(u.name in island for u in users):
                 island.add(node.name)
     return _convert(model, island, split_scales=True)
@@ -139,13 +118,13 @@ def _split_mixed_dequantize(model: onnx.ModelProto, island: set[str]) -> None:
     """A DequantizeLinear read by FP16 and FP32 nodes alike (BERT: a LayerNorm output feeds both the
     Q/K/V MatMuls and the FP32 residual Add) gets an FP16 twin for its FP16 readers, so that a Cast
     never separates it from a MatMul."""
-    consumers = _consumers(model.graph)
+    read_by = consumers(model.graph)
     nodes: list[onnx.NodeProto] = []
     for node in model.graph.node:
         nodes.append(node)
         if node.op_type != "DequantizeLinear":
             continue
-        users = consumers.get(node.output[0], [])
+        users = read_by.get(node.output[0], [])
         half = [u for u in users if u.op_type not in _QDQ and u.name not in island]
         if not half or len(half) == len(users):
             continue
@@ -181,9 +160,9 @@ def _convert(model: onnx.ModelProto, island: set[str], split_scales: bool = Fals
     for node in graph.node:
         if node.name not in island:
             home16.update(o for o in node.output if o in is_float)
-    consumers = _consumers(graph)
+    read_by = consumers(graph)
     for init in graph.initializer:
-        users = consumers.get(init.name, [])
+        users = read_by.get(init.name, [])
         if init.data_type == TensorProto.FLOAT and users and all(u.name not in island for u in users):
             init.CopyFrom(_to_fp16_tensor(init))
             home16.add(init.name)

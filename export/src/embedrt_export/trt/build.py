@@ -32,7 +32,7 @@ from embedrt.errors import BackendError
 from embedrt.manifest import GraphFile, Manifest, load_manifest
 
 from ..errors import ExportError
-from ..source import file_sha256
+from ..export.source import file_sha256
 from .flavours import BuilderFlavour, load_flavour
 from .profiles import default_profiles, parse_profiles, with_copies
 from .progress import heartbeat, progress_monitor
@@ -221,7 +221,7 @@ def _graph_to_parse(root: Path, onnx_path: Path, precision: str, options: BuildO
     import onnx
     from onnx.external_data_helper import load_external_data_for_model
 
-    from .. import onnx_export
+    from ..export import onnx_export
     from ..fp16 import convert_qdq_to_fp16
 
     started = time.perf_counter()

@@ -18,7 +18,7 @@ from embedrt.engines import EngineRecord
 from embedrt.manifest import Manifest
 
 from ..errors import ParityError
-from ..parity import long_text, parity_texts
+from ..export.parity import long_text, parity_texts
 
 # Per engine precision: which statistic of the cosines to ORT FP32 is gated, and its threshold.
 ENGINE_TOLERANCE: dict[str, tuple[str, float]] = {

@@ -1,7 +1,8 @@
 """The ``embedrt`` command. Each subcommand lives in its own module with a ``register`` function.
 
-Export-stage subcommands (export, quantize, build) are defined here so that ``--help`` works
-everywhere, and import ``embedrt_export`` only when run.
+The runtime's own (embed, serve) are modules here. The export stage's (export, quantize, build) come
+from the distribution that installs them, through the ``embedrt.commands`` entry points
+(``export_stage``), and are listed, with an install hint, where it is not installed.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import EmbedrtError
+from . import export_stage
 
-_COMMAND_MODULES = ("export_stage", "embed", "serve", "build_cmd", "quantize_cmd")
+_COMMANDS = ("export", "embed", "serve", "build", "quantize")  # in the order --help lists them
+_RUNTIME_COMMANDS = ("embed", "serve")  # modules of this package; the rest are entry points
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,14 +26,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedrt", description="Export, build and serve embedding models.")
     parser.add_argument("--version", action="version", version=f"embedrt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in _COMMAND_MODULES:
-        importlib.import_module(f"{__name__}.{name}").register(sub)
+    entries = export_stage.discover()
+    for name in _COMMANDS:
+        if name in _RUNTIME_COMMANDS:
+            importlib.import_module(f"{__name__}.{name}").register(sub)
+        else:
+            export_stage.register(sub, name, entries.pop(name, None))
+    for name, entry in sorted(entries.items()):  # commands other distributions add, after the known ones
+        if name not in sub.choices:
+            export_stage.register(sub, name, entry)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not export_stage.accepts_any_arguments(args):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")  # what parse_args says
     try:
         code = int(args.run(args) or 0)
         sys.stdout.flush()  # inside the try: a reader that went away shows here

@@ -1,12 +1,27 @@
-"""Export-stage subcommands. They need the ``embedrt-export`` distribution (torch, transformers)."""
+"""Subcommands that other distributions add to ``embedrt``: export, quantize and build, from embedrt-export.
+
+A distribution declares them in the ``embedrt.commands`` entry-point group (optimum's
+command-registration pattern): each entry names a ``register(subparsers)`` function that adds its
+subcommand, with its flags, help and a ``run`` default. The runtime discovers them here and knows
+nothing else about them, so it never imports the export stage by name.
+
+Where the export stage is not installed (or cannot be loaded), export, quantize and build are
+still listed, so that ``embedrt --help`` reads the same everywhere; running one prints the install
+hint. A command that is installed but finds torch, transformers or onnx missing when it runs says the
+same, naming what is missing.
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-from types import ModuleType
+import functools
+from collections.abc import Callable
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
 
 from ..errors import EmbedrtError
+
+GROUP = "embedrt.commands"
 
 INSTALL_HINT = (
     "this command needs the export stage, which is not installed: "
@@ -14,55 +29,64 @@ INSTALL_HINT = (
     "add torch first with `pip install torch --index-url https://download.pytorch.org/whl/cpu` for the CPU build)"
 )
 
+# The export stage's commands, listed even where it is missing: name -> one-line help.
+EXPORT_STAGE = {
+    "export": "export a Hugging Face embedding model to a validated ONNX artefact",
+    "build": "build TensorRT engines for an artefact (per GPU, per precision)",
+    "quantize": "add INT8 graphs to an artefact (Q/DQ for TensorRT, u8s8 for CPU), behind a quality gate",
+}
+# What the export stage needs at run time besides itself: missing, they mean it is not fully installed.
+_DEPENDENCIES = ("torch", "transformers", "onnx")
 
-def load_export_stage() -> ModuleType:
+Run = Callable[[argparse.Namespace], Any]
+
+
+def discover() -> dict[str, EntryPoint]:
+    """The installed ``embedrt.commands`` entries by command name."""
+    return {ep.name: ep for ep in entry_points(group=GROUP)}
+
+
+def register(sub: argparse._SubParsersAction, name: str, entry: EntryPoint | None) -> None:  # type: ignore[type-arg]
+    """Add command ``name`` from ``entry``; where there is none or it cannot be loaded, a stand-in."""
+    if entry is None:
+        _stand_in(sub, name, None)
+        return
     try:
-        return importlib.import_module("embedrt_export")
+        add = entry.load()
+    except ImportError as exc:  # a broken or half-installed distribution: the command says so when run
+        _stand_in(sub, name, exc.name or str(exc))
+        return
+    before = set(sub.choices)
+    add(sub)
+    owners = (entry.module.split(".")[0], *_DEPENDENCIES)
+    for added in set(sub.choices) - before:
+        parser = sub.choices[added]
+        parser.set_defaults(run=functools.partial(_guarded, parser.get_default("run"), owners))
+
+
+def accepts_any_arguments(args: argparse.Namespace) -> bool:
+    """True for a stand-in: whatever follows its name is passed over, since only the hint is printed."""
+    return bool(getattr(args, "stand_in", False))
+
+
+def _stand_in(sub: argparse._SubParsersAction, name: str, missing: str | None) -> None:  # type: ignore[type-arg]
+    message = INSTALL_HINT + (f" (missing: {missing})" if missing else "")
+    # Raw: the hint's command must not be broken over lines (argparse breaks at the hyphen in embedrt-export).
+    parser = sub.add_parser(name, help=EXPORT_STAGE.get(name, "needs the export stage"),
+                            description=f"{EXPORT_STAGE.get(name, name)}.\n\n{message}.",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(run=functools.partial(_not_installed, message), stand_in=True)
+
+
+def _not_installed(message: str, args: argparse.Namespace) -> int:
+    raise EmbedrtError(message)
+
+
+def _guarded(run: Run, owners: tuple[str, ...], args: argparse.Namespace) -> Any:
+    """Run an installed command; its own package or a dependency failing to import gives the hint."""
+    try:
+        return run(args)
     except ImportError as exc:
-        if exc.name and exc.name.split(".")[0] in ("embedrt_export", "torch", "transformers", "onnx"):
+        if exc.name and exc.name.split(".")[0] in owners:
             raise EmbedrtError(f"{INSTALL_HINT} (missing: {exc.name})") from exc
         raise
-
-
-def _dtypes(value: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",") if v.strip())
-
-
-def _run_export(args: argparse.Namespace) -> int:
-    stage = load_export_stage()
-    options = stage.ExportOptions(
-        dtypes=tuple(d for group in args.dtype for d in group) if args.dtype else ("fp32", "fp16"),
-        max_length=args.max_length,
-        opset=args.opset,
-        name=args.name,
-        with_hidden_states=args.with_hidden_states,
-        revision=args.revision,
-        overwrite=args.overwrite,
-        attention=args.attention,
-    )
-    stage.export_model(args.model, args.out, options)
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("export", help="export a Hugging Face embedding model to a validated ONNX artefact",
-                       description="Export MODEL (a local directory or a hub id) to an artefact directory: "
-                       "ONNX graphs with pooling and normalisation inside, tokenizer files, manifest.json "
-                       "and a parity report against the PyTorch model.")
-    p.add_argument("model", help="local model directory or Hugging Face hub id")
-    p.add_argument("--out", required=True, help="artefact directory to create")
-    p.add_argument("--dtype", action="append", type=_dtypes, metavar="fp32|fp16[,..]",
-                   help="graph precision(s) to write; repeat or comma-separate (default: fp32,fp16)")
-    p.add_argument("--max-length", type=int, help="maximum tokens per text (default: the model's own)")
-    p.add_argument("--opset", type=int, default=20, help="ONNX opset of the eager graph (default: 20; the fused "
-                   "graph is always opset 23)")
-    p.add_argument("--attention", choices=("auto", "fused", "eager", "both"), default="auto",
-                   help="fused: opset-23 Attention / RMSNormalization / RotaryEmbedding (flash attention on "
-                   "CUDA, fused TensorRT layers); eager: plain MatMul / Softmax; auto (default): fused as the "
-                   "default graph plus its eager twin where the model family is covered (Qwen3), else eager; "
-                   "both: as auto, failing where fused is not available")
-    p.add_argument("--name", help="model name recorded in the manifest (default: the directory name)")
-    p.add_argument("--revision", help="hub revision (branch, tag or commit) when MODEL is a hub id")
-    p.add_argument("--with-hidden-states", action="store_true", help="also output last_hidden_state")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    p.set_defaults(run=_run_export)

@@ -31,11 +31,13 @@ from typing import Any
 
 import onnx
 
-from embedrt.manifest import MANIFEST_NAME, GraphFile, Manifest, load_manifest
+from embedrt.manifest import MANIFEST_NAME, GraphFile, Manifest, Precision, load_manifest
 
-from . import autoexclude, calibration, cpu_int8, int8_plan, quality
-from .artefact import checksums, write_atomic
-from .errors import QuantizationError
+from ..errors import QuantizationError
+from ..export.artefact import checksums, write_atomic
+from . import autoexclude, calibration, cpu_int8, quality
+from .plan import QUANTIZED_OPS, Plan, make_plan, nonzero_zero_points, quantized_matmuls, role
+from .report import cpu_failure, cpu_record, log_gate, qdq_failure, qdq_record
 
 METHODS = ("entropy", "max", "percentile")
 Log = Callable[[str], None]
@@ -80,7 +82,7 @@ def _static_options() -> dict[str, Any]:
         "WeightSymmetric": True,
         # Quantize what feeds a MatMul, not what comes out of it: an INT8 output would round the
         # residual branch (BERT's FFN output carries outliers), and TensorRT fuses the rest anyway.
-        "OpTypesToExcludeOutputQuantization": list(int8_plan.QUANTIZED_OPS),
+        "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS),
         # One batch per calibration step: histograms merge batch by batch, lengths may differ.
         "CalibStridedMinMax": 1,
     }
@@ -96,8 +98,8 @@ class _Work:
     options: QuantizeOptions
     log: Log
     source: Path  # the float graph the quantizer reads (pre-processed, maybe smoothed)
-    plan: int8_plan.Plan
-    cpu_plan: int8_plan.Plan  # the same layers; the CPU graph's own exclusion search starts from it
+    plan: Plan
+    cpu_plan: Plan  # the same layers; the CPU graph's own exclusion search starts from it
     held: quality.HeldOut
     calib_batches: list[calibration.Feed]
     calib_source: str
@@ -112,7 +114,7 @@ class _Work:
         with contextlib.redirect_stdout(io.StringIO()):
             quantize_static(
                 str(self.source), str(out), reader, quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(int8_plan.QUANTIZED_OPS), per_channel=True,
+                op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_quantize=list(nodes),
                 use_external_data_format=True, calibrate_method=_calibrate_method(self.options.method),
                 extra_options=_static_options(), calibration_cache_path=str(self.stage / "ranges.json"))
@@ -173,7 +175,7 @@ def _prepare(root: Path, stage: Path, manifest: Manifest, fp32: Path, options: Q
                       save_as_external_data=True, all_tensors_to_one_file=True,
                       external_data_location="float.onnx.data")
     structure = onnx.load(str(fp32), load_external_data=False)
-    plan = cpu_plan = int8_plan.make_plan(structure, options.exclude)
+    plan = cpu_plan = make_plan(structure, options.exclude)
     if not plan.quantize:
         raise QuantizationError("no linear layer is left to quantize; check --exclude")
     log(f"plan: {len(plan.quantize)} linear layers to INT8, {len(plan.excluded)} MatMul/Gemm kept float")
@@ -200,7 +202,7 @@ def _static_graph(work: _Work, fp32: Path) -> GraphFile:
     work.quantize_static(out, work.plan.quantize, options.show_progress)
     _validate(out, work.plan)
     report = quality.compare(work.held, work.held.embed(quality.open_session(out)), options.gate)
-    _log_report(log, "int8", report)
+    log_gate(log, "int8", report)
     sensitivity = _sensitivity(work) if options.per_layer_sensitivity else None
     auto = None
     if not report["passed"] and _search_can_help(work):
@@ -209,72 +211,41 @@ def _static_graph(work: _Work, fp32: Path) -> GraphFile:
         report, work.plan = auto.report, auto.plan
         log(f"  auto-exclude {'passed' if auto.passed else 'gave up'} in {auto.record['seconds']} s")
     if not report["passed"]:
-        raise QuantizationError(_failure(work, fp32, out, report, sensitivity, auto), report)
-    quantization = {
-        "target": "tensorrt", "format": "QDQ", "symmetric": True, "per_channel_weights": True,
-        "activations": "int8, static per tensor",
-        "method": options.method, "smoothquant_alpha": options.smoothquant,
-        "quantizer": "onnxruntime.quantization.quantize_static", "quantizer_version": onnxruntime.__version__,
-        "calibration": {"source": work.calib_source, "texts": sum(len(b["input_ids"]) for b in work.calib_batches),
-                        "batch_size": options.batch_size},
-        **work.plan.summary(),
-    }
-    if sensitivity is not None:
-        quantization["sensitivity"] = sensitivity
-    if auto is not None:
-        quantization["auto_exclude"] = auto.record
-    return _derived(work, out, "int8", report, quantization)
+        hint = [] if auto is not None or sensitivity is not None else _largest_errors(work, fp32, out)
+        raise QuantizationError(qdq_failure(report, sensitivity, auto, hint), report)
+    calib = {"source": work.calib_source, "texts": sum(len(b["input_ids"]) for b in work.calib_batches),
+             "batch_size": options.batch_size}
+    return _derived(work, out, "int8", report, qdq_record(options, work.plan, calib, sensitivity, auto))
 
 
 def _cpu_graph(work: _Work) -> GraphFile:
     """Per-token u8s8 INT8 for ONNX Runtime CPU: gated like the Q/DQ graph, with its own exclusion search."""
-    import onnxruntime
-
     options, log = work.options, work.log
     out = work.stage / "model.int8-cpu.onnx"
     plan, auto = work.cpu_plan, None
     log(f"int8-cpu: per-token u8s8, {options.cpu_weight_bits}-bit weights, {len(plan.quantize)} linear layers")
     report = _cpu_attempt(work, out, plan)
-    _log_report(log, "int8-cpu", report)
+    log_gate(log, "int8-cpu", report)
     if not report["passed"] and _search_can_help(work):
         auto = autoexclude.search(plan, report, lambda p, key: _cpu_probe(work, p, key),
                                   lambda p: _cpu_attempt(work, out, p), options.max_auto_exclusions, log)
         report, plan = auto.report, auto.plan
         log(f"  int8-cpu auto-exclude {'passed' if auto.passed else 'gave up'} in {auto.record['seconds']} s")
     if not report["passed"]:
-        raise QuantizationError(_cpu_failure(report, auto), report)
-    fast, granularity, report = _per_tensor_search(work, out, plan, report)
+        raise QuantizationError(cpu_failure(report, auto), report)
+    per_tensor, report = _per_tensor_search(work, out, plan, report)
     feed = max(work.held.batches, key=lambda b: int(b["attention_mask"].sum()))
     fp32_tps = quality.throughput(quality.open_session(work.source), feed)
     cpu_tps = quality.throughput(quality.open_session(out), feed)
     log(f"  ORT CPU on a {feed['input_ids'].shape[0]}x{feed['input_ids'].shape[1]} batch: fp32 {fp32_tps:.0f} "
         f"tokens/s, int8-cpu {cpu_tps:.0f} tokens/s ({cpu_tps / fp32_tps:.2f}x; one batch, a hint, not a benchmark)")
-    bits = options.cpu_weight_bits
-    quantization = {
-        "target": "onnxruntime-cpu", "cpu_only": True,
-        "format": "dynamic u8s8: com.microsoft.MatMulIntegerToFloat per token"
-                  + (", com.microsoft.DynamicQuantizeMatMul per tensor after norms" if fast else ""),
-        "activations": "uint8 with zero point 128 (symmetric), one scale per token, computed at run time"
-                       + ("; inputs fed by a norm: uint8 asymmetric, one scale per tensor per run" if fast else ""),
-        "per_tensor": granularity,
-        "weights": f"int8 per output channel, symmetric, {bits}-bit range [-{2 ** (bits - 1) - 1}, "
-                   f"{2 ** (bits - 1) - 1}]",
-        "weight_bits": bits,
-        # vpmaddubsw (AVX2 / AVX-512 without VNNI) adds two u8 x s8 products in a saturating int16.
-        "saturation_free_on_avx2": bits == 7,
-        "quantizer": "embedrt_export.cpu_int8", "onnxruntime_version": onnxruntime.__version__,
-        "smoothquant_alpha": options.smoothquant,
-        "integer_ops": cpu_int8.integer_kernels(onnx.load(str(out), load_external_data=False)),
-        "speed_hint": {"batch": list(feed["input_ids"].shape), "fp32_tokens_per_s": round(fp32_tps, 1),
-                       "int8_cpu_tokens_per_s": round(cpu_tps, 1)},
-        **plan.summary(),
-    }
-    if auto is not None:
-        quantization["auto_exclude"] = auto.record
-    return _derived(work, out, "int8-cpu", report, quantization)
+    speed = {"batch": list(feed["input_ids"].shape), "fp32_tokens_per_s": round(fp32_tps, 1),
+             "int8_cpu_tokens_per_s": round(cpu_tps, 1)}
+    integer_ops = cpu_int8.integer_kernels(onnx.load(str(out), load_external_data=False))
+    return _derived(work, out, "int8-cpu", report, cpu_record(options, plan, per_tensor, integer_ops, speed, auto))
 
 
-def _derived(work: _Work, out: Path, key: str, report: dict[str, Any], quantization: dict[str, Any]) -> GraphFile:
+def _derived(work: _Work, out: Path, key: Precision, report: dict[str, Any], quantization: dict[str, Any]) -> GraphFile:
     """The FP32 graph's entry with this graph's file, key and reports: what else the export recorded about the
     graph's form (attention kind, the padding side it is exact for) holds for its quantized copies too."""
     return replace(work.manifest.graph("fp32"), file=out.name, precision=key, sha256="",
@@ -292,7 +263,7 @@ def _cpu_build(work: _Work, out: Path, nodes: tuple[str, ...], per_tensor: tuple
     return result
 
 
-def _cpu_attempt(work: _Work, out: Path, plan: int8_plan.Plan, per_tensor: tuple[str, ...] = ()) -> dict[str, Any]:
+def _cpu_attempt(work: _Work, out: Path, plan: Plan, per_tensor: tuple[str, ...] = ()) -> dict[str, Any]:
     """Build the CPU graph for ``plan``, check that every planned layer became an integer GEMM, gate it."""
     result = _cpu_build(work, out, plan.quantize, per_tensor)
     onnx.checker.check_model(str(out))
@@ -303,22 +274,23 @@ def _cpu_attempt(work: _Work, out: Path, plan: int8_plan.Plan, per_tensor: tuple
     return quality.compare(work.held, work.held.embed(quality.open_session(out)), work.options.gate)
 
 
-def _per_tensor_search(work: _Work, out: Path, plan: int8_plan.Plan, report: dict[str, Any]
-                       ) -> tuple[tuple[str, ...], dict[str, Any], dict[str, Any]]:
+def _per_tensor_search(work: _Work, out: Path, plan: Plan, report: dict[str, Any]
+                       ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Give norm-fed layer groups one activation scale per tensor where that costs no quality.
 
     Each group (``cpu_int8.norm_fed_groups``) is tried on top of those already taken; it is kept when
     the graph still passes the gate and its mean cosine stays within ``per_tensor_tolerance`` of the
     all-per-token graph's (``report``). ``out`` ends up holding the graph with the groups kept.
-    Returns the layers kept, the manifest's record of the search and the gate report of ``out``.
+    Returns the manifest's record of the search (``layers``: those kept) and the gate report of ``out``.
     """
     tolerance = work.options.per_tensor_tolerance
     record: dict[str, Any] = {"tolerance": tolerance, "groups": [], "layers": []}
     if tolerance is None:
-        return (), record, report
+        return record, report
     model = onnx.load(str(work.source), load_external_data=False)
-    groups = cpu_int8.norm_fed_groups(model, {n: int8_plan.role(plan.paths[n]) for n in plan.quantize})
-    base, kept = report["mean_cosine"], ()
+    groups = cpu_int8.norm_fed_groups(model, {n: role(plan.paths[n]) for n in plan.quantize})
+    base = report["mean_cosine"]
+    kept: tuple[str, ...] = ()
     record["per_token_mean_cosine"] = base
     probe = work.stage / "probe-cpu.onnx"
     for name, nodes in groups.items():
@@ -336,10 +308,10 @@ def _per_tensor_search(work: _Work, out: Path, plan: int8_plan.Plan, report: dic
     for stale in (probe, probe.with_name(f"{probe.name}.data")):
         stale.unlink(missing_ok=True)
     record["layers"] = list(kept)
-    return kept, record, report
+    return record, report
 
 
-def _cpu_probe(work: _Work, plan: int8_plan.Plan, key: str) -> list[dict[str, Any]]:
+def _cpu_probe(work: _Work, plan: Plan, key: str) -> list[dict[str, Any]]:
     """Each group of ``plan`` alone in INT8 (per-token CPU graph), worst first."""
     rows = []
     for group, nodes in plan.groups(key).items():
@@ -350,41 +322,24 @@ def _cpu_probe(work: _Work, plan: int8_plan.Plan, key: str) -> list[dict[str, An
     return sorted(rows, key=lambda r: r["mean_cosine_alone"])
 
 
-def _cpu_failure(report: dict[str, Any], auto: autoexclude.Outcome | None) -> str:
-    head = (f"int8-cpu graph misses the quality gate: mean cosine {report['mean_cosine']:.5f} < "
-            f"{report['gate_mean_cosine']} (min {report['min_cosine']:.5f}); the artefact is unchanged.")
-    if auto is None:
-        return head + " Try --cpu-weight-bits 8, --smoothquant, or --exclude the most sensitive layers."
-    kept = ", ".join(e["group"] for e in auto.record["excluded"]) or "none"
-    worst = [f"{r['group']} ({r['mean_cosine_alone']:.5f})" for t in auto.record["tries"] for r in t["sensitivity"][:3]]
-    return (f"{head} Automatic exclusion gave up after keeping {len(auto.record['excluded'])} group(s) float "
-            f"({kept}). Most harmful alone: {', '.join(worst)}.")
-
-
-def _validate(path: Path, plan: int8_plan.Plan) -> None:
+def _validate(path: Path, plan: Plan) -> None:
     onnx.checker.check_model(str(path))
     model = onnx.load(str(path), load_external_data=False)
-    bad = int8_plan.nonzero_zero_points(model)
+    bad = nonzero_zero_points(model)
     if bad:
         raise QuantizationError(f"{len(bad)} Q/DQ nodes have non-zero zero points (e.g. {bad[0]}); "
                                 "TensorRT would reject the graph")
-    done = set(int8_plan.quantized_matmuls(model))
+    done = set(quantized_matmuls(model))
     missing = [n for n in plan.quantize if n not in done]
     if missing:
         raise QuantizationError(f"the quantizer left {len(missing)} planned layers in float (e.g. {missing[0]})")
-
-
-def _log_report(log: Log, name: str, report: dict[str, Any]) -> None:
-    log(f"  {name} vs FP32 on {report['texts']} held-out texts: mean cosine {report['mean_cosine']:.5f}, "
-        f"min {report['min_cosine']:.5f}, top-{quality.TOP_K} retrieval agreement "
-        f"{report[f'retrieval_agreement_at_{quality.TOP_K}']:.3f} (gate: mean >= {report['gate_mean_cosine']})")
 
 
 def _sensitivity(work: _Work) -> dict[str, list[dict[str, Any]]]:
     return {key: _probe(work, work.plan, key) for key in ("layer", "role")}
 
 
-def _probe(work: _Work, plan: int8_plan.Plan, key: str,
+def _probe(work: _Work, plan: Plan, key: str,
            known: dict[str, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
     """Quantize one group of ``plan`` at a time (calibration reused) and measure it; worst first."""
     if known is not None and key in known:
@@ -408,35 +363,21 @@ def _search_can_help(work: _Work) -> bool:
     return True
 
 
-def _attempt(work: _Work, out: Path, plan: int8_plan.Plan) -> dict[str, Any]:
+def _attempt(work: _Work, out: Path, plan: Plan) -> dict[str, Any]:
     """One step of the search: the full graph for ``plan``, validated and gated like the first try."""
     work.quantize_static(out, plan.quantize, progress=False)
     _validate(out, plan)
     return quality.compare(work.held, work.held.embed(quality.open_session(out)), work.options.gate)
 
 
-def _failure(work: _Work, fp32: Path, out: Path, report: dict[str, Any],
-             sensitivity: dict[str, list[dict[str, Any]]] | None, auto: autoexclude.Outcome | None = None) -> str:
-    head = (f"INT8 graph misses the quality gate: mean cosine {report['mean_cosine']:.5f} < "
-            f"{report['gate_mean_cosine']} (min {report['min_cosine']:.5f}); the artefact is unchanged.")
-    if auto is not None:
-        kept = ", ".join(e["group"] for e in auto.record["excluded"]) or "none"
-        head += (f" First try (all planned layers INT8): mean {auto.record['first_try']['mean_cosine']:.5f}."
-                 f" Automatic exclusion gave up after keeping {len(auto.record['excluded'])} group(s) float "
-                 f"({kept}; --max-auto-exclusions {auto.record['max_exclusions']}).")
-        sensitivity = {t["granularity"]: t["sensitivity"] for t in auto.record["tries"]}
-    if sensitivity is not None:
-        worst = [f"{r['group']} ({r['mean_cosine_alone']:.5f})"
-                 for key in ("role", "layer") if key in sensitivity for r in sensitivity[key][:3]]
-        return f"{head} Most harmful alone: {', '.join(worst)}. Exclude some with --exclude PATTERN."
+def _largest_errors(work: _Work, fp32: Path, out: Path) -> list[tuple[str, float]]:
+    """(module path, relative output error) of the three layers furthest from FP32 on one batch."""
     try:
         errors = quality.node_errors(fp32, out, work.plan.quantize, work.held.batches[-1])
     except (ValueError, RuntimeError):  # e.g. a graph past protobuf's 2 GB limit: skip the hint
-        errors = {}
+        return []
     top = sorted(errors, key=errors.__getitem__, reverse=True)[:3]
-    hint = ", ".join(f"{work.plan.paths[n]} ({errors[n]:.1%} output error)" for n in top)
-    return (f"{head} Largest errors at: {hint or 'n/a'}. Run with --per-layer-sensitivity to measure each "
-            "layer group, then --exclude the worst (patterns match node names, module paths or classes).")
+    return [(work.plan.paths[n], errors[n]) for n in top]
 
 
 def _commit(root: Path, stage: Path, manifest: Manifest, graphs: list[GraphFile]) -> Manifest:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .int8_plan import Plan
+from .plan import Plan
 
 GRANULARITIES = ("role", "layer")  # cheapest first: a model has fewer roles than layers, usually
 Row = dict[str, Any]  # {"group", "nodes", "mean_cosine_alone"} as the sensitivity probe gives it

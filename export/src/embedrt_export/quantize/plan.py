@@ -23,25 +23,14 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .fp16 import _module_classes
+from ..graph import module_classes, module_path, producers
 
 QUANTIZED_OPS = ("MatMul", "Gemm")
-_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 _NORM_SUFFIXES = ("RMSNorm", "LayerNorm", "Norm")
 # A transformer block in a module path: model.layers.3, encoder.layer.3, h.3, blocks.3
 _LAYER = re.compile(r"^(.*?\b(?:layers|layer|h|blocks)\.(\d+))(?:\.|$)")
 ALWAYS_FLOAT = ("token-embedding Gather", "normalisation layers", "Softmax", "pooling / L2 normalisation tail",
                 "attention activation x activation MatMuls")
-
-
-def module_path(node: onnx.NodeProto) -> str:
-    """The nn.Module path a node came from (``model.layers.1.self_attn.q_proj``), else its name."""
-    for prop in node.metadata_props:
-        if prop.key == _SCOPES_KEY:
-            scopes = [s.strip(" '\"") for s in prop.value.strip("[]").split(",")]
-            scopes = [s for s in scopes if s]
-            return scopes[-2] if len(scopes) >= 2 else node.name
-    return node.name
 
 
 def layer_group(path: str) -> str:
@@ -101,7 +90,7 @@ def make_plan(model: onnx.ModelProto, exclude: Sequence[str] = ()) -> Plan:
     for node in model.graph.node:
         if node.op_type not in QUANTIZED_OPS:
             continue
-        classes = _module_classes(node)
+        classes = module_classes(node)
         path = module_path(node)
         pattern = _matches(exclude, node, path, classes)
         if len(classes) <= 1:
@@ -122,13 +111,13 @@ def make_plan(model: onnx.ModelProto, exclude: Sequence[str] = ()) -> Plan:
 
 def quantized_matmuls(model: onnx.ModelProto) -> list[str]:
     """Names of MatMul / Gemm nodes whose weight input comes from an INT8 DequantizeLinear."""
-    producers = {out: node for node in model.graph.node for out in node.output}
+    produced_by = producers(model.graph)
     inits = {init.name: init for init in model.graph.initializer}
     names = []
     for node in model.graph.node:
         if node.op_type not in QUANTIZED_OPS:
             continue
-        source = producers.get(node.input[1])
+        source = produced_by.get(node.input[1])
         if source is not None and source.op_type == "DequantizeLinear" and source.input[0] in inits:
             if inits[source.input[0]].data_type == onnx.TensorProto.INT8:
                 names.append(node.name)

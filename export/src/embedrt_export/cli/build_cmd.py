@@ -1,14 +1,12 @@
-"""``embedrt build``: TensorRT engines for an artefact. Needs the export stage and a TensorRT flavour."""
+"""``embedrt build``: TensorRT engines for an artefact. Needs a TensorRT flavour."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 
-from ..config import BatchingConfig
-from ..engines import CONTEXTS
-from ..manifest import PRECISIONS
-from .export_stage import load_export_stage
+from embedrt.config import BatchingConfig
+from embedrt.engines import CONTEXTS
+from embedrt.manifest import PRECISIONS
 
 
 def _precisions(value: str) -> tuple[str, ...]:
@@ -19,24 +17,11 @@ def _precisions(value: str) -> tuple[str, ...]:
     return items
 
 
-def _run_build(args: argparse.Namespace) -> int:
-    load_export_stage()  # the install hint if embedrt-export (or its torch / onnx) is missing
-    trt = importlib.import_module("embedrt_export.trt")
-    defaults = BatchingConfig()
-    batching = BatchingConfig(max_batch_tokens=args.max_batch_tokens or defaults.max_batch_tokens,
-                              max_batch_size=args.max_batch_size or defaults.max_batch_size)
-    options = trt.BuildOptions(
-        precisions=args.precision,
-        targets=trt.parse_targets(args.target),
-        flavour=args.flavour,
-        profiles=args.profiles,
-        contexts=args.contexts,
-        batching=batching,
-        verify=not args.no_verify,
-        int8_float=args.int8_float,
-        attention=args.attention,
-    )
-    trt.build_engines(args.artefact, options)
+def _run(args: argparse.Namespace) -> int:
+    from ..trt import build_engines
+    from .options import build_options
+
+    build_engines(args.artefact, build_options(args))
     return 0
 
 
@@ -70,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="graph to build from: auto (default: the artefact's default graph, fused where exported; "
                    "its eager twin where the flavour cannot parse the fused one), fused, or eager")
     p.add_argument("--no-verify", action="store_true", help="skip the GPU parity check (not recommended)")
-    p.set_defaults(run=_run_build)
+    p.set_defaults(run=_run)
 
 
 __all__ = ["register"]

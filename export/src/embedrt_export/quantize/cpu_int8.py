@@ -30,10 +30,13 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from ..graph import consumers, producers
 
 MS_DOMAIN = "com.microsoft"
 _PREFIX = "cpu_int8"
@@ -70,7 +73,7 @@ class _Builder:
         return self.consts[key]
 
     def node(self, out: list[onnx.NodeProto], op: str, inputs: Sequence[str], stem: str, domain: str = "",
-             **attrs: object) -> str:
+             **attrs: Any) -> str:
         output = self.name(stem)
         out.append(helper.make_node(op, list(inputs), [output], name=output, domain=domain, **attrs))
         return output
@@ -113,11 +116,8 @@ def quantize_per_token(model: onnx.ModelProto, nodes: Sequence[str], weight_bits
     done: list[str] = []
     skipped: dict[str, str] = {}
     new_nodes: list[onnx.NodeProto] = []
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    weight_users = {name: len(readers) for name, readers in consumers.items()}
+    read_by = consumers(graph)
+    weight_users = {name: len(readers) for name, readers in read_by.items()}
     dropped: set[str] = set()
     absorbed: set[str] = set()  # bias Adds folded into a DynamicQuantizeMatMul
 
@@ -141,7 +141,7 @@ def quantize_per_token(model: onnx.ModelProto, nodes: Sequence[str], weight_bits
         if weight_users[weight.name] == 0:
             dropped.add(weight.name)
         if node.name in per_tensor:
-            bias_add, bias = _bias_add(node.output[0], n, consumers, inits)
+            bias_add, bias = _bias_add(node.output[0], n, read_by, inits)
             inputs, output = [x, wq_name, ws_name], node.output[0]
             if bias_add is not None:
                 absorbed.add(bias_add.name)
@@ -153,8 +153,9 @@ def quantize_per_token(model: onnx.ModelProto, nodes: Sequence[str], weight_bits
         if x not in per_input:
             rows = b.node(new_nodes, "Reshape", [x, b.const(f"rows{k}", np.array([-1, k], np.int64))], "rows")
             # max|x| per row from the row max and min: two reads of x, no |x| tensor written.
-            hi, lo = (b.node(new_nodes, op, [rows, one1] if opset >= 18 else [rows], "peak", keepdims=0,
-                             **({} if opset >= 18 else {"axes": [1]})) for op in ("ReduceMax", "ReduceMin"))
+            axes: dict[str, Any] = {} if opset >= 18 else {"axes": [1]}  # ReduceMax axes: an input from opset 18
+            hi, lo = (b.node(new_nodes, op, [rows, one1] if opset >= 18 else [rows], "peak", keepdims=0, **axes)
+                      for op in ("ReduceMax", "ReduceMin"))
             peak = b.node(new_nodes, "Max", [hi, b.node(new_nodes, "Neg", [lo], "peak"), tiny], "peak")
             scale = b.node(new_nodes, "Mul", [peak, inv127], "scale")
             zps = b.node(new_nodes, "Expand", [zp, b.node(new_nodes, "Shape", [scale], "count")], "zps")
@@ -179,10 +180,10 @@ def quantize_per_token(model: onnx.ModelProto, nodes: Sequence[str], weight_bits
     return CpuInt8Result(tuple(done), skipped, len(per_input))
 
 
-def _bias_add(output: str, n: int, consumers: dict[str, list[onnx.NodeProto]],
+def _bias_add(output: str, n: int, read_by: dict[str, list[onnx.NodeProto]],
               inits: dict[str, onnx.TensorProto]) -> tuple[onnx.NodeProto | None, str]:
     """The ``Add`` of a 1-D float bias of length ``n`` that alone reads ``output``, and the bias's name."""
-    readers = consumers.get(output, [])
+    readers = read_by.get(output, [])
     if len(readers) != 1 or readers[0].op_type != "Add" or len(readers[0].input) != 2:
         return None, ""
     first, second = readers[0].input
@@ -208,7 +209,7 @@ def norm_fed_groups(model: onnx.ModelProto, roles: dict[str, str]) -> dict[str, 
     (memory-bound: on MiniLM the per-token ``Mul`` and bias ``Add`` took more time than the GEMMs).
     Only candidates: the quantizer measures each group and keeps the ones that cost no quality.
     """
-    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    producer = {name: node.op_type for name, node in producers(model.graph).items()}
     readers: dict[str, set[str]] = {}  # norm output -> roles reading it
     nodes_of: dict[str, list[str]] = {}
     for node in model.graph.node:

@@ -28,7 +28,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .errors import ExportError
+from ..errors import ExportError
+from ..graph import producers
 
 OPSET = 23
 FUSED_OPS = ("Attention", "RMSNormalization", "RotaryEmbedding")
@@ -64,11 +65,11 @@ def check(model: onnx.ModelProto, expected: dict[str, int], causal: bool) -> Non
     counts = op_counts(model, expected)
     wrong = {op: (counts[op], want) for op, want in expected.items() if counts[op] != want}
     problems = [f"{op}: {have} found, {want} expected" for op, (have, want) in wrong.items()]
-    producers = {out: node for node in model.graph.node for out in node.output}
+    produced_by = producers(model.graph)
     for node in model.graph.node:
         if node.op_type == "Attention":
             for i in _KV_INPUTS:
-                source = producers.get(node.input[i])
+                source = produced_by.get(node.input[i])
                 if source is not None and source.op_type in ("Reshape", "Expand"):
                     problems.append(f"{node.name}: K/V input {i} is still repeated ({source.op_type})")
                     break
@@ -78,7 +79,7 @@ def check(model: onnx.ModelProto, expected: dict[str, int], causal: bool) -> Non
                 problems.append(f"{node.name}: is_causal is not 1")
         elif node.op_type == "RotaryEmbedding" and len(node.input) < 4:
             for i in (1, 2):
-                source = producers.get(node.input[i])
+                source = produced_by.get(node.input[i])
                 if source is None or source.op_type != "Expand":
                     problems.append(f"{node.name}: cache input {i} is not batched")
                     break
@@ -132,14 +133,14 @@ def _unrepeat_kv(graph: onnx.GraphProto) -> None:
     """Attention(K = Reshape(Expand(Unsqueeze(k, axis 2)))) -> Attention(K = k): ONNX ``Attention``
     groups query heads over fewer K/V heads itself (kv head j serves query heads j*g .. j*g+g-1, the
     order ``repeat_kv`` produces)."""
-    producers = {out: node for node in graph.node for out in node.output}
+    produced_by = producers(graph)
     for node in graph.node:
         if node.op_type != "Attention":
             continue
         for i in _KV_INPUTS:
-            reshape = producers.get(node.input[i])
-            expand = producers.get(reshape.input[0]) if reshape is not None and reshape.op_type == "Reshape" else None
-            unsq = producers.get(expand.input[0]) if expand is not None and expand.op_type == "Expand" else None
+            reshape = produced_by.get(node.input[i])
+            expand = produced_by.get(reshape.input[0]) if reshape is not None and reshape.op_type == "Reshape" else None
+            unsq = produced_by.get(expand.input[0]) if expand is not None and expand.op_type == "Expand" else None
             if unsq is None or unsq.op_type != "Unsqueeze":
                 continue
             if _constant_ints(graph, unsq.input[1]) != [2]:

@@ -18,7 +18,7 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from embedrt.manifest import Manifest
 
-from .errors import QuantizationError
+from ..errors import QuantizationError
 
 DATA = Path(__file__).parent / "data"
 SHIPPED = {"calibration": DATA / "calibration.jsonl", "heldout": DATA / "heldout.jsonl"}

@@ -14,7 +14,7 @@ from typing import Any
 
 from embedrt.manifest import EndOfText, Prompts
 
-from .errors import ExportError
+from ..errors import ExportError
 
 QWEN3_QUERY_TEMPLATE = "Instruct: {instruction}\nQuery:{text}"
 QWEN3_DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"

@@ -146,7 +146,7 @@ def _reference_shared(model: onnx.ModelProto, donor_path: Path) -> int:
             maps[where] = np.memmap(donor_path.parent / where, dtype=np.uint8, mode="r")
         start = int(info.get("offset", 0))
         data = maps[where][start : start + int(info["length"])]
-        key = (tensor.data_type, tuple(tensor.dims), hashlib.sha256(data).digest())
+        key = (tensor.data_type, tuple(tensor.dims), hashlib.sha256(data.data).digest())
         index[key] = list(info.items())
     shared = 0
     for tensor in model.graph.initializer:
@@ -158,8 +158,8 @@ def _reference_shared(model: onnx.ModelProto, donor_path: Path) -> int:
         tensor.ClearField("raw_data")
         tensor.data_location = onnx.TensorProto.EXTERNAL
         del tensor.external_data[:]
-        for key, value in entries:
+        for name, value in entries:
             entry = tensor.external_data.add()
-            entry.key, entry.value = key, value
+            entry.key, entry.value = name, value
         shared += 1
     return shared

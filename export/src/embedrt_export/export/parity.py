@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ParityError
+from ..errors import ParityError
 
 # Minimum cosine against the PyTorch FP32 reference, per graph precision.
 TOLERANCE = {"fp32": 0.99999, "fp16": 0.999}
@@ -83,7 +83,7 @@ def measure(
                 cosines[i] = float(row @ reference[i])
         modes[f"batch_{side}"] = cosines
     all_cos = np.stack(list(modes.values()))
-    mode_idx, text_idx = np.unravel_index(np.argmin(all_cos), all_cos.shape)
+    mode_idx, text_idx = (int(i) for i in np.unravel_index(np.argmin(all_cos), all_cos.shape))
     worst = float(all_cos[mode_idx, text_idx])
     return {
         "precision": precision,
@@ -92,7 +92,7 @@ def measure(
         "min_cosine": worst,
         "mean_cosine": float(all_cos.mean()),
         "per_mode_min_cosine": {m: float(c.min()) for m, c in modes.items()},
-        "worst_text_index": int(text_idx),
+        "worst_text_index": text_idx,
         "worst_text": texts[text_idx][:80],
         "worst_mode": list(modes)[mode_idx],
         "texts": len(texts),

@@ -1,21 +1,24 @@
-"""Regenerates calibration.jsonl and heldout.jsonl (run: python -m embedrt_export.data.generate).
+"""Regenerates the shipped calibration.jsonl and heldout.jsonl: python scripts/make_text_sets.py.
 
 The texts are written for this repository: short facts on many topics in several languages, code
 snippets, and search queries about them. Documents are random combinations of a topic's sentences
 (1 to 12 of them, so lengths spread from a few tokens to a few hundred); queries are stored raw with
 a task and formatted with the artefact's own query template when used. The held-out set draws its
-English documents and queries from topics the calibration set never sees. Deterministic.
+English documents and queries from topics the calibration set never sees. Deterministic. The files
+are written where embedrt-export loads them from (``embedrt_export/quantize/data/``).
 """
 
 from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 
-from .corpus import CODE, MULTILINGUAL, TASKS, TOPICS
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from text_corpus import CODE, MULTILINGUAL, TASKS, TOPICS
 
-HERE = Path(__file__).parent
+DATA = Path(__file__).resolve().parents[1] / "export" / "src" / "embedrt_export" / "quantize" / "data"
 
 
 def _document(rng: random.Random, sentences: list[str], joiner: str = " ") -> str:
@@ -84,7 +87,7 @@ def main() -> None:
     calibration, heldout = build()
     for name, records in (("calibration.jsonl", calibration), ("heldout.jsonl", heldout)):
         lines = [json.dumps(r, ensure_ascii=False) for r in records]
-        (HERE / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        (DATA / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
         print(f"{name}: {len(records)} texts, {sum(len(x) for x in lines) // 1024} KiB")
 
 

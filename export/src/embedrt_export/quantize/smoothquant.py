@@ -22,15 +22,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..graph import consumers, producers
+
 Batch = Mapping[str, np.ndarray]
-
-
-def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    users: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            users.setdefault(name, []).append(node)
-    return users
 
 
 def channel_maxima(model: onnx.ModelProto, inputs: Sequence[str], batches: Iterable[Batch]) -> dict[str, np.ndarray]:
@@ -63,8 +57,8 @@ def smooth(model: onnx.ModelProto, targets: Sequence[str], batches: Iterable[Bat
     """Apply SmoothQuant in place to the MatMul nodes named in ``targets``; returns counts by fold kind."""
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    users = _consumers(model)
-    producers = {out: node for node in graph.node for out in node.output}
+    users = consumers(graph)
+    produced_by = producers(graph)
     groups: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         if node.name in targets and node.op_type == "MatMul" and node.input[1] in inits:
@@ -79,7 +73,7 @@ def smooth(model: onnx.ModelProto, targets: Sequence[str], batches: Iterable[Bat
         for node, w in zip(nodes, weights, strict=True):
             node.input[1] = _own_initializer(model, inits, node.input[1], w * scale[:, None], node.name)
         only_targets = {u.name for u in users.get(x, [])} == {n.name for n in nodes}
-        if only_targets and _fold(model, inits, producers.get(x), 1.0 / scale):
+        if only_targets and _fold(model, inits, produced_by.get(x), 1.0 / scale):
             counts["folded"] += 1
             continue
         inv = numpy_helper.from_array((1.0 / scale).astype(np.float32), f"{x}__smooth_inv")

@@ -15,7 +15,7 @@ from pathlib import Path
 from embedrt.manifest import MANIFEST_NAME
 from embedrt.storage import atomic_directory
 
-from .errors import ExportError
+from ..errors import ExportError
 from .source import file_sha256
 
 

@@ -11,12 +11,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 
-_CORPUS = [
+# What the tokenizer is trained on; the benchmarks also draw their words from it.
+CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
     "Retrieval augmented generation combines search with language models.",
     "Instruct: Given a web search query, retrieve relevant passages that answer the query",
@@ -73,7 +78,7 @@ QWEN2_SPLIT = (
 )
 
 
-def build_tokenizer(vocab_size: int) -> object:
+def build_tokenizer(vocab_size: int) -> Tokenizer:
     """Train a byte-level BPE on the built-in corpus and wire it like Qwen3's tokenizer."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -89,7 +94,7 @@ def build_tokenizer(vocab_size: int) -> object:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tok.train_from_iterator(CORPUS * 4, trainer=trainer)
     tok.add_special_tokens([ENDOFTEXT, IM_START, IM_END])
     eot = tok.token_to_id(ENDOFTEXT)
     tok.post_processor = processors.TemplateProcessing(
@@ -103,7 +108,11 @@ def build_tokenizer(vocab_size: int) -> object:
 def _write_tokenizer(out: Path, vocab_size: int, max_length: int) -> dict[str, int]:
     tok = build_tokenizer(vocab_size)
     tok.save(str(out / "tokenizer.json"))
-    ids = {name: tok.token_to_id(name) for name in (ENDOFTEXT, IM_START, IM_END)}
+    ids: dict[str, int] = {}
+    for name in (ENDOFTEXT, IM_START, IM_END):
+        token_id = tok.token_to_id(name)
+        assert token_id is not None  # build_tokenizer added it as a special token
+        ids[name] = token_id
     config = {
         "tokenizer_class": "Qwen2Tokenizer",
         "model_max_length": max_length,
@@ -161,7 +170,9 @@ def make_random_qwen3(out_dir: str | Path, config: RandomQwen3Config = RandomQwe
     tokenizer_vocab = min(config.vocab_size, 1024)
     ids = _write_tokenizer(out, tokenizer_vocab, config.max_position_embeddings)
     torch.manual_seed(config.seed)
-    hf_config = Qwen3Config(
+    # rope_theta and torch_dtype are the names transformers 4.x takes; 5.x still accepts them (mapping them
+    # to rope_parameters and dtype, which 4.x does not know) but no longer lists them in its signature.
+    hf_config = Qwen3Config(  # type: ignore[call-arg]
         vocab_size=config.vocab_size,
         hidden_size=config.hidden_size,
         intermediate_size=config.intermediate_size,

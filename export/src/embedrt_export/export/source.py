@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from .errors import ExportError, SourceNotFoundError
+from ..errors import ExportError, SourceNotFoundError
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 

@@ -1,33 +1,15 @@
-"""``embedrt quantize``: add a calibrated INT8 graph to an artefact (needs the export stage)."""
+"""``embedrt quantize``: add calibrated INT8 graphs to an artefact, behind a quality gate."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
-from .export_stage import load_export_stage
 
 
 def _run(args: argparse.Namespace) -> int:
-    load_export_stage()  # a clear install hint when embedrt_export (or torch / onnx) is missing
-    from embedrt_export.quantize import QuantizeOptions, quantize_artefact
+    from ..quantize.pipeline import quantize_artefact
+    from .options import quantize_options
 
-    options = QuantizeOptions(
-        calibration=Path(args.calibration) if args.calibration else None,
-        method=args.method,
-        smoothquant=args.smoothquant_alpha if args.smoothquant else None,
-        exclude=tuple(args.exclude or ()),
-        gate=args.gate,
-        per_layer_sensitivity=args.per_layer_sensitivity,
-        auto_exclude=not args.no_auto_exclude,
-        max_auto_exclusions=args.max_auto_exclusions,
-        cpu_variant=args.target in ("all", "cpu") and not args.no_cpu_variant,
-        qdq_graph=args.target in ("all", "tensorrt"),
-        cpu_weight_bits=args.cpu_weight_bits,
-        per_tensor_tolerance=None if args.per_tensor_tolerance < 0 else args.per_tensor_tolerance,
-        batch_size=args.batch_size,
-    )
-    quantize_artefact(args.artefact, options)
+    quantize_artefact(args.artefact, quantize_options(args))
     return 0
 
 
@@ -74,3 +56,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    "per token (default 0.0005; negative: every layer per token)")
     p.add_argument("--batch-size", type=int, default=8, help="calibration batch size (default 8)")
     p.set_defaults(run=_run)
+
+
+__all__ = ["register"]

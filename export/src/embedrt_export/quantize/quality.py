@@ -19,13 +19,15 @@ from .calibration import Feed, TextEncoder
 TOP_K = 10
 
 
-def open_session(path: Path, threads: int = 0) -> Any:
+def open_session(graph: Path | bytes, threads: int = 0) -> Any:
+    """A quiet ONNX Runtime CPU session on a graph file or a serialized model; ``threads`` 0: ORT's choice."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(graph if isinstance(graph, bytes) else str(graph), options,
+                                providers=["CPUExecutionProvider"])
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ def node_errors(fp32_graph: Path, int8_graph: Path, nodes: Sequence[str], feed: 
         for name in wanted:
             if name not in have:
                 model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-        session = open_session_bytes(model.SerializeToString())
+        session = open_session(model.SerializeToString())
         values.append(dict(zip(wanted, session.run(wanted, feed), strict=True)))
     errors = {}
     for node, tensor in outputs.items():
@@ -118,14 +120,6 @@ def node_errors(fp32_graph: Path, int8_graph: Path, nodes: Sequence[str], feed: 
         if ref is not None and new is not None:
             errors[node] = float(np.linalg.norm(new - ref) / (np.linalg.norm(ref) + 1e-12))
     return errors
-
-
-def open_session_bytes(model: bytes) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def throughput(session: Any, feed: Feed, repeats: int = 3) -> float:
