@@ -323,7 +323,7 @@ def attention_layers(flavour: BuilderFlavour, network: Any) -> list[Any]:
     """The network's fused attention (IAttention) objects, one per ONNX ``Attention`` node."""
     trt = flavour.trt
     kind = getattr(getattr(trt, "LayerType", None), "ATTENTION_OUTPUT", None)
-    found = []
+    found: list[Any] = []
     if kind is None:
         return found
     for i in range(network.num_layers):
@@ -353,7 +353,7 @@ def _build_attention_aware(flavour: BuilderFlavour, net: _Network, profiles: tup
         return build_plan(flavour, net, profiles, key, current_sm, timing_cache, log)
 
 
-def _verified(root: Path, manifest: Manifest, flavour: BuilderFlavour, record: EngineRecord, plan: bytes,
+def _verified(root: Path, manifest: Manifest, flavour: BuilderFlavour, record: EngineRecord, plan: memoryview,
               options: BuildOptions, current_sm: str | None, log: Log) -> EngineRecord:
     """The record with its parity report, or unchanged with the reason no GPU checked it."""
     from dataclasses import replace

@@ -84,7 +84,7 @@ def make_logger(trt: Any) -> Any:
     return _LOGGERS[trt.__name__]
 
 
-def deserialize(trt: Any, record: EngineRecord, plan: bytes) -> tuple[Any, Any]:
+def deserialize(trt: Any, record: EngineRecord, plan: bytes | memoryview) -> tuple[Any, Any]:
     """(runtime, engine); a plan TensorRT cannot read is an ArtefactError with TensorRT's reason."""
     logger = make_logger(trt)
     logger.errors.clear()
@@ -106,7 +106,7 @@ class Plan:
 
     trt: Any
     record: EngineRecord
-    data: bytes
+    data: bytes | memoryview  # memoryview: a plan just built, not copied
     # Where TensorRT-RTX keeps the kernels it compiles for this GPU, between runs. None for a plan
     # outside the store (the builder's check): its contexts get TensorRT's defaults, no runtime config.
     runtime_cache: Path | None = None
@@ -137,7 +137,7 @@ class StoreLoader:
                     note=device_model_note(record, gpu.name, self.artefact))
 
 
-def given_plan(trt: Any, record: EngineRecord, data: bytes) -> PlanLoader:
+def given_plan(trt: Any, record: EngineRecord, data: bytes | memoryview) -> PlanLoader:
     """A loader for a plan that is not (yet) in the store: the builder's check before installing it."""
 
     def load(gpu: GpuInfo, precision: str) -> Plan:
