@@ -76,6 +76,9 @@ class Embedder:
         """Open an artefact directory written by ``embedrt export``."""
         root = Path(path)
         manifest = load_manifest(root)
+        if manifest.task != "embed":
+            raise ArtefactError(f"{root} is a {manifest.task} model, not an embedding model: load it with "
+                                f"embedrt.Reranker.load({str(root)!r})")
         config = backend_config or BackendConfig()
         if precision != "auto":
             config = replace(config, precision=precision)

@@ -13,9 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ArtefactError
-from .prompts import Prompts
+from .prompts import PairPrompt, Prompts
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the task (embed / rerank); version 1 manifests are embedders and read as such
+READABLE_SCHEMA_VERSIONS = (1, 2)
+TASKS: tuple[str, ...] = ("embed", "rerank")
+# Graph outputs each task's head reads (manifest ``outputs`` lists them with dtypes and shapes).
+TASK_OUTPUTS: dict[str, tuple[str, ...]] = {"embed": ("sentence_embedding", "embedding_norm"),
+                                            "rerank": ("score", "logit")}
 MANIFEST_NAME = "manifest.json"
 
 Pooling = Literal["last_token", "mean", "cls"]
@@ -70,6 +75,29 @@ class GraphFile:
 
 
 @dataclass(frozen=True)
+class RerankSpec:
+    """What the runtime needs to run a reranker: how pairs become input, and what the score is.
+
+    The graph outputs ``logit`` (float32 ``[batch]``: Qwen3-Reranker's logit("yes") - logit("no") at
+    the last real token; a cross-encoder's single logit) and ``score`` (``activation`` applied to it:
+    "sigmoid", a probability in [0, 1]; "none", the logit itself).
+    """
+
+    prompt: PairPrompt
+    activation: str = "sigmoid"  # "sigmoid" | "none"
+    label_token_ids: dict[str, int] = field(default_factory=dict)  # Qwen3-Reranker: {"yes": id, "no": id}
+
+    def __post_init__(self) -> None:
+        if self.activation not in ("sigmoid", "none"):
+            raise ArtefactError(f"unknown score activation {self.activation!r} (sigmoid, none); re-export")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RerankSpec:
+        return cls(prompt=PairPrompt(**data["prompt"]), activation=data.get("activation", "sigmoid"),
+                   label_token_ids={str(k): int(v) for k, v in data.get("label_token_ids", {}).items()})
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     architecture: str
@@ -92,7 +120,30 @@ class Manifest:
     # Precision -> the eager-attention twin of ``graphs[precision]`` where that one is fused: for a
     # backend that cannot take the fused ops, and for users who ask for it (attention="eager").
     eager_graphs: dict[str, GraphFile] = field(default_factory=dict)
+    task: str = "embed"  # "embed" | "rerank": which head reads the graph's outputs (TASK_OUTPUTS)
+    rerank: RerankSpec | None = None  # with task "rerank"
     schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ArtefactError(f"unknown task {self.task!r} (this embedrt knows {', '.join(TASKS)}); "
+                                "upgrade embedrt or re-export the model")
+        if (self.task == "rerank") != (self.rerank is not None):
+            raise ArtefactError("a rerank manifest needs its rerank section, and only a rerank manifest has one; "
+                                "re-export the model")
+        names = {t.name for t in self.outputs}
+        missing = [n for n in TASK_OUTPUTS[self.task] if n not in names]
+        if missing:
+            raise ArtefactError(f"the {self.task} graph must output {', '.join(missing)}; re-export the model")
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The graph's inputs, in order: input_ids, attention_mask [, token_type_ids]."""
+        return tuple(t.name for t in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
 
     @property
     def dimensions_range(self) -> tuple[int, int]:
@@ -130,9 +181,10 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_SCHEMA_VERSIONS:
             raise ArtefactError(
-                f"manifest schema version {version!r} is not supported by this embedrt (wants {SCHEMA_VERSION}); "
+                f"manifest schema version {version!r} is not supported by this embedrt (it reads "
+                f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))}); "
                 "re-export the model with this version of embedrt"
             )
         try:
@@ -153,6 +205,8 @@ class Manifest:
                 outputs=tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in data["outputs"]),
                 graphs={k: _graph_file(g) for k, g in data["graphs"].items()},
                 eager_graphs={k: _graph_file(g) for k, g in data.get("eager_graphs", {}).items()},
+                task=data.get("task", "embed"),
+                rerank=RerankSpec.from_dict(data["rerank"]) if data.get("rerank") else None,
                 tokenizer_files=tuple(data["tokenizer_files"]),
                 source=dict(data["source"]),
                 export=dict(data["export"]),

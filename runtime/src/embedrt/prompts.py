@@ -19,7 +19,9 @@ from .errors import ArtefactError, InvalidFieldError
 TEXT = "{text}"
 INSTRUCTION = "{instruction}"
 _LEGACY_INSTRUCTION = "{task}"  # manifests written before the name was settled
-_PLACEHOLDER = re.compile(r"\{(?:text|instruction)\}")
+QUERY = "{query}"
+DOCUMENT = "{document}"
+_PLACEHOLDER = re.compile(r"\{(?:text|instruction|query|document)\}")
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,44 @@ class Prompts:
 
     def format_document(self, text: str) -> str:
         return _fill(self.document, {TEXT: text})
+
+
+@dataclass(frozen=True)
+class PairPrompt:
+    """How a (query, document) pair becomes one reranker input.
+
+    ``encoding`` "template" (Qwen3-Reranker): ``prefix`` + ``template`` filled with the instruction,
+    query and document + ``suffix``; only the filled template is truncated, so that the three fit the
+    model's maximum length, and the prefix and suffix are kept whole. "text_pair" (BERT-family
+    cross-encoders): query and document go to the tokenizer as a pair (its own special tokens and
+    token type ids), truncated longest first; prefix, template and suffix are unused.
+    """
+
+    encoding: str = "text_pair"  # "template" | "text_pair"
+    prefix: str = ""
+    template: str = ""  # with {instruction}, {query}, {document}
+    suffix: str = ""
+    default_instruction: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.encoding not in ("template", "text_pair"):
+            raise ArtefactError(f"unknown pair encoding {self.encoding!r} (template, text_pair); re-export the model")
+        if self.encoding == "template" and not all(p in self.template for p in (QUERY, DOCUMENT)):
+            raise ArtefactError(f"the pair template {self.template!r} needs {QUERY} and {DOCUMENT}; re-export")
+
+    @property
+    def takes_instruction(self) -> bool:
+        return INSTRUCTION in self.template
+
+    def format_pair(self, query: str, document: str, instruction: str | None = None) -> str:
+        """The truncatable middle of a "template" input; the same instruction rule as for queries."""
+        if instruction is not None and not self.takes_instruction:
+            raise InvalidFieldError("instruction", "this reranker takes no instruction; leave it out")
+        if self.takes_instruction and not (instruction or self.default_instruction):
+            raise InvalidFieldError("instruction", "this reranker needs an instruction and has no default; "
+                                    "pass a non-empty one")
+        return _fill(self.template, {QUERY: query, DOCUMENT: document,
+                                     INSTRUCTION: instruction or self.default_instruction or ""})
 
 
 def _fill(template: str, values: dict[str, str]) -> str:
