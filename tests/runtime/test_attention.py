@@ -88,15 +88,15 @@ def test_bound_runner_matches_plain_runs(qwen3_artefact: Path) -> None:
     one set of buffers per slot reused across calls, outputs of each call its own."""
     session = ort.InferenceSession(str(qwen3_artefact / "model.fp32.onnx"), providers=["CPUExecutionProvider"])
     m = load_manifest(qwen3_artefact)
-    runner = CudaRunner(ort, session, {"sentence_embedding": (m.hidden_size,), "embedding_norm": ()}, 0,
-                        m.pad_token_id, graphs=True, max_graph_tokens=8 * 32, device="cpu")
+    runner = CudaRunner(ort, session, m, 0, graphs=True, max_graph_tokens=8 * 32, device="cpu")
     for seed, (rows, sequence) in enumerate([(1, 16), (3, 16), (5, 32), (3, 16), (16, 64)]):
         batch = _batches(qwen3_artefact, rows, sequence, seed)
         want = session.run(["sentence_embedding", "embedding_norm"],
                            {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})
         got = runner.run(batch)
-        assert got[0].shape == (rows, m.hidden_size) and got[1].shape == (rows,)
-        np.testing.assert_allclose(got[0], want[0], atol=1e-5)
-        np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
+        assert list(got) == ["sentence_embedding", "embedding_norm"]
+        assert got["sentence_embedding"].shape == (rows, m.hidden_size) and got["embedding_norm"].shape == (rows,)
+        np.testing.assert_allclose(got["sentence_embedding"], want[0], atol=1e-5)
+        np.testing.assert_allclose(got["embedding_norm"], want[1], rtol=1e-5)
     # 16 x 64 is past the capture limit: it ran unbound, and took no slot.
     assert runner.captured_shapes == [(1, 16), (4, 16), (8, 32)]
