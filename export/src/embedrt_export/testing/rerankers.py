@@ -1,0 +1,174 @@
+"""Random-weight rerankers with offline tokenizers: a Qwen3-Reranker and a BERT cross-encoder.
+
+Like ``synthetic``, these build real architectures through the real code paths, so that tests run
+the export (and the runtime) exactly as on the published checkpoints, without the hub:
+
+- ``make_qwen3_reranker``: a ``Qwen3ForCausalLM`` (tied embeddings) whose tokenizer has the chat
+  tokens the Qwen3-Reranker prompt uses and single tokens "yes" and "no", and whose post-processor
+  appends nothing (the base Qwen3 tokenizer's behaviour; only Qwen3-Embedding's appends a token).
+- ``make_cross_encoder``: a ``BertForSequenceClassification`` with one label and a WordPiece
+  tokenizer, as the MS MARCO cross-encoders are.
+
+Random weights give logits near zero, where every score is about 0.5 and parity proves little; the
+"yes" / "no" embedding rows and the classifier are drawn wider so that scores spread over (0, 1).
+Name the Qwen3 directory so that it contains "reranker": that is how ``embedrt export`` tells a
+reranker from a causal LM it cannot place.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .synthetic import CORPUS, ENDOFTEXT, IM_END, IM_START, RandomQwen3Config, build_tokenizer
+
+THINK, END_THINK = "<think>", "</think>"
+# The reranker prompt's own words, and "yes" / "no" as pieces of their own (after a newline, as the
+# answer follows the prompt), so that the BPE learns each as one token.
+RERANK_CORPUS = [
+    "Judge whether the Document meets the requirements based on the Query and the Instruct provided. "
+    'Note that the answer can only be "yes" or "no".',
+    "<Instruct>: Given a web search query, retrieve relevant passages that answer the query\n<Query>: what\n"
+    "<Document>: text",
+    "system\nuser\nassistant\n",
+    *(["yes\nno\n"] * 40),
+]
+
+
+def make_qwen3_reranker(out_dir: str | Path, config: RandomQwen3Config = RandomQwen3Config(seed=3)) -> Path:
+    """Write a random-weight Qwen3-Reranker-like checkpoint (``Qwen3ForCausalLM``) to ``out_dir``."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(min(config.vocab_size, 1024), RERANK_CORPUS, (THINK, END_THINK), append_end_of_text=False)
+    ids = {name: tok.token_to_id(name) for name in (ENDOFTEXT, IM_START, IM_END, THINK, END_THINK, "yes", "no")}
+    if any(i is None for i in ids.values()):
+        raise RuntimeError(f"the reranker fixture tokenizer lacks a token it needs: {ids}")
+    tok.save(str(out / "tokenizer.json"))
+    tokenizer_config = {
+        "tokenizer_class": "Qwen2Tokenizer",
+        "model_max_length": config.max_position_embeddings,
+        "padding_side": "left",  # the model card pads on the left
+        "eos_token": IM_END,
+        "pad_token": ENDOFTEXT,
+        "bos_token": None,
+        "unk_token": None,
+        "clean_up_tokenization_spaces": False,
+        "added_tokens_decoder": {
+            str(ids[name]): {"content": name, "special": name not in (THINK, END_THINK), "lstrip": False,
+                             "rstrip": False, "normalized": False, "single_word": False}
+            for name in (ENDOFTEXT, IM_START, IM_END, THINK, END_THINK)
+        },
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    torch.manual_seed(config.seed)
+    hf_config = Qwen3Config(  # type: ignore[call-arg]
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads,
+        head_dim=config.head_dim,
+        max_position_embeddings=config.max_position_embeddings,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        bos_token_id=ids[ENDOFTEXT],
+        eos_token_id=ids[IM_END],
+        pad_token_id=ids[ENDOFTEXT],
+        torch_dtype="float32",
+        architectures=["Qwen3ForCausalLM"],
+    )
+    model = Qwen3ForCausalLM(hf_config).eval()
+    with torch.no_grad():
+        embed = model.model.embed_tokens.weight  # tied: also the LM head's rows
+        embed[ids[ENDOFTEXT]].normal_(0.0, hf_config.initializer_range)  # random init zeroes the pad row
+        for name in ("yes", "no"):
+            embed[ids[name]].normal_(0.0, 0.5)  # logits of a few units: scores spread over (0, 1)
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+@dataclass(frozen=True)
+class RandomCrossEncoderConfig:
+    """Shape of a random BERT cross-encoder; the defaults make a model of a few hundred KiB."""
+
+    hidden_size: int = 32
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 2
+    intermediate_size: int = 64
+    max_position_embeddings: int = 512
+    vocab_size: int = 600
+    seed: int = 4
+    # What sentence-transformers' CrossEncoder applies to the logit, as a dotted class path written to
+    # config.json (``sentence_transformers.activation_fn``); None: not written (its default: Sigmoid).
+    activation_fn: str | None = None
+
+
+def build_wordpiece_tokenizer(vocab_size: int):  # -> tokenizers.Tokenizer
+    """A lower-casing BERT WordPiece tokenizer trained on the built-in corpus, with BERT's pair template."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    tok.train_from_iterator(CORPUS * 4, trainer=trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+    return tok
+
+
+def make_cross_encoder(out_dir: str | Path, config: RandomCrossEncoderConfig = RandomCrossEncoderConfig()) -> Path:
+    """Write a random-weight ``BertForSequenceClassification`` (one label) cross-encoder to ``out_dir``."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = build_wordpiece_tokenizer(config.vocab_size)
+    tok.save(str(out / "tokenizer.json"))
+    vocab = sorted(tok.get_vocab().items(), key=lambda item: item[1])
+    (out / "vocab.txt").write_text("".join(f"{token}\n" for token, _ in vocab), encoding="utf-8")
+    tokenizer_config = {"tokenizer_class": "BertTokenizer", "do_lower_case": True,
+                        "model_max_length": config.max_position_embeddings, "pad_token": "[PAD]",
+                        "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]",
+                        "tokenize_chinese_chars": True, "strip_accents": None}
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    torch.manual_seed(config.seed)
+    extra: dict[str, Any] = {"sentence_transformers": {"activation_fn": config.activation_fn}} \
+        if config.activation_fn else {}
+    hf_config = BertConfig(  # type: ignore[call-arg]  # num_labels: a PretrainedConfig keyword
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        intermediate_size=config.intermediate_size,
+        max_position_embeddings=config.max_position_embeddings,
+        num_labels=1,
+        initializer_range=0.2,  # wide weights: tokens mix, so logits differ by pair (0.02: all about equal)
+        pad_token_id=tok.token_to_id("[PAD]"),
+        architectures=["BertForSequenceClassification"],
+        **extra,
+    )
+    model = BertForSequenceClassification(hf_config).eval()
+    with torch.no_grad():
+        model.classifier.weight.normal_(0.0, 0.5)
+        for name, p in model.named_parameters():
+            if name.endswith("LayerNorm.weight"):
+                p.uniform_(0.5, 1.5)
+    model.save_pretrained(out, safe_serialization=True)
+    return out
