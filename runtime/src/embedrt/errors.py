@@ -25,16 +25,17 @@ class InvalidFieldError(InvalidInputError):
 
 
 class InputTooLongError(InvalidInputError):
-    """A text exceeds the model's maximum length and truncation was turned off.
+    """A text (or a reranker's pair, ``what="pair"``) exceeds the model's maximum length and truncation
+    was turned off.
 
     ``at_least``: only a prefix of the text was tokenized (counting all of a huge text would cost
     more than the answer is worth), so ``tokens`` is a lower bound.
     """
 
-    def __init__(self, index: int, tokens: int, limit: int, *, at_least: bool = False) -> None:
+    def __init__(self, index: int, tokens: int, limit: int, *, at_least: bool = False, what: str = "input") -> None:
         count = f"at least {tokens}" if at_least else f"{tokens}"
         super().__init__(
-            f"input {index} has {count} tokens, more than the model's limit of {limit}; "
+            f"{what} {index} has {count} tokens, more than the model's limit of {limit}; "
             "shorten it or pass truncate=True"
         )
         self.index, self.tokens, self.limit, self.at_least = index, tokens, limit, at_least
