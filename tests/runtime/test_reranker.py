@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import threading
 from pathlib import Path
 
@@ -10,9 +12,10 @@ import pytest
 from conftest import CROSS_ENCODER_MAX_LENGTH, QWEN3_RERANKER_MAX_LENGTH
 from rerank_helpers import CrossEncoderReference, Qwen3RerankerReference
 
-from embedrt import BatchingConfig, Embedder, Reranker, RerankResult
+from embedrt import BackendConfig, BatchingConfig, Embedder, Reranker, RerankResult
 from embedrt.errors import ArtefactError, InputTooLongError, InvalidFieldError, UnavailableError
 from embedrt.info import RerankerInfo
+from embedrt.manifest import MANIFEST_NAME
 
 QUERY = "what is the capital of France?"
 FILLER = "The quick brown fox jumps over the lazy dog. "
@@ -85,6 +88,21 @@ def test_a_pair_in_a_mixed_batch_scores_as_alone(name: str, request: pytest.Fixt
         alone = np.array([model.score([p])[0] for p in pairs])
     np.testing.assert_allclose(together, alone, atol=1e-5)
     assert together.shape == (len(pairs),) and float(np.ptp(together)) > 0
+
+
+def test_left_padding_as_the_model_card_scores_the_same(qwen3_reranker: Reranker, qwen3_reranker_artefact: Path,
+                                                       tmp_path: Path) -> None:
+    """The padding side is the manifest's: the export pads Qwen3-Reranker on the right (its fused graph
+    takes no mask); the card pads on the left, which the eager graph takes too."""
+    left = tmp_path / "left"
+    shutil.copytree(qwen3_reranker_artefact, left)
+    data = json.loads((left / MANIFEST_NAME).read_text())
+    (left / MANIFEST_NAME).write_text(json.dumps({**data, "padding_side": "left"}))
+    config = BackendConfig(precision="fp32", device="cpu", attention="eager")
+    with Reranker.load(left, "onnxruntime", backend_config=config) as model:
+        assert model.manifest.padding_side == "left"
+        batch = model.prepare(PAIRS)
+        np.testing.assert_allclose(model.infer(batch)[0], qwen3_reranker.score(PAIRS), atol=1e-5)
 
 
 def test_rerank_orders_best_first_and_keeps_input_order_on_ties(qwen3_reranker: Reranker) -> None:
