@@ -47,6 +47,33 @@ def _session(artefact: Path, name: str) -> ort.InferenceSession:
     return ort.InferenceSession(str(artefact / name), providers=["CPUExecutionProvider"])
 
 
+# -- the fixtures ------------------------------------------------------------------------------------------
+
+
+def test_reranker_fixtures_tokenize_like_the_real_checkpoints(qwen3_reranker_dir: Path,
+                                                               cross_encoder_dir: Path) -> None:
+    from transformers import AutoConfig, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(qwen3_reranker_dir)
+    # The post-processor appends nothing (only Qwen3-Embedding's appends <|endoftext|>).
+    assert tok("hello world")["input_ids"] == tok("hello world", add_special_tokens=False)["input_ids"]
+    for word in ("yes", "no"):
+        assert tok.encode(word, add_special_tokens=False) == [tok.convert_tokens_to_ids(word)]
+    for special in ("<|im_start|>", "<|im_end|>", "<think>", "</think>"):
+        assert tok.encode(special, add_special_tokens=False) == [tok.convert_tokens_to_ids(special)]
+    config = AutoConfig.from_pretrained(qwen3_reranker_dir)
+    assert config.architectures == ["Qwen3ForCausalLM"] and config.tie_word_embeddings
+    assert "reranker" in qwen3_reranker_dir.name
+    bert = AutoTokenizer.from_pretrained(cross_encoder_dir)
+    enc = bert("What is the capital?", "Paris.")
+    tokens = bert.convert_ids_to_tokens(enc["input_ids"])
+    assert tokens[:2] == ["[CLS]", "what"] and tokens[-1] == "[SEP]" and tokens.count("[SEP]") == 2  # lower-cased
+    first = tokens.index("[SEP]") + 1
+    assert enc["token_type_ids"] == [0] * first + [1] * (len(tokens) - first)
+    config = AutoConfig.from_pretrained(cross_encoder_dir)
+    assert config.architectures == ["BertForSequenceClassification"] and config.num_labels == 1
+
+
 # -- which checkpoints are rerankers -----------------------------------------------------------------------
 
 
@@ -266,7 +293,8 @@ def test_cross_encoder_matches_sentence_transformers(cross_encoder_dir: Path, cr
         np.testing.assert_allclose(score, want, atol=TOLERANCE[precision], err_msg=name)
 
 
-def test_an_identity_cross_encoder_outputs_its_logit(cross_encoder_dir: Path, tmp_path: Path) -> None:
+def test_an_identity_cross_encoder_outputs_its_logit(cross_encoder_dir: Path, cross_encoder_artefact: Path,
+                                                     tmp_path: Path) -> None:
     from sentence_transformers import CrossEncoder
 
     src = _copy(cross_encoder_dir, tmp_path / "ce-identity",
@@ -275,12 +303,15 @@ def test_an_identity_cross_encoder_outputs_its_logit(cross_encoder_dir: Path, tm
                      log=lambda _: None)
     assert m.rerank is not None and m.rerank.activation == "none"
     want = CrossEncoder(str(src), max_length=64, device="cpu").predict(PAIRS)
-    assert want.min() < 0 or want.max() > 1  # raw logits, not probabilities
     enc = PairEncoder(src / "tokenizer.json", m.rerank.prompt, 64, m.pad_token_id, True)
-    score, logit = _session(tmp_path / "art", "model.fp32.onnx").run(
-        ["score", "logit"], enc.batch([Pair(q, d) for q, d in PAIRS], "right").feeds())
+    feeds = enc.batch([Pair(q, d) for q, d in PAIRS], "right").feeds()
+    score, logit = _session(tmp_path / "art", "model.fp32.onnx").run(["score", "logit"], feeds)
     np.testing.assert_array_equal(score, logit)
     np.testing.assert_allclose(score, want, atol=1e-4)
+    # The same weights exported with the default activation: the same logit, its sigmoid as the score.
+    sigmoid_score, same_logit = _session(cross_encoder_artefact, "model.fp32.onnx").run(["score", "logit"], feeds)
+    np.testing.assert_allclose(same_logit, logit, atol=1e-6)
+    np.testing.assert_allclose(sigmoid_score, 1 / (1 + np.exp(-logit)), atol=1e-6)
 
 
 @pytest.mark.parametrize("family", ["qwen3", "cross"])

@@ -25,6 +25,7 @@ from typing import Any
 from .synthetic import CORPUS, ENDOFTEXT, IM_END, IM_START, RandomQwen3Config, build_tokenizer
 
 THINK, END_THINK = "<think>", "</think>"
+WORDPIECE_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # The reranker prompt's own words, and "yes" / "no" as pieces of their own (after a newline, as the
 # answer follows the prompt), so that the BPE learns each as one token.
 RERANK_CORPUS = [
@@ -88,8 +89,8 @@ def make_qwen3_reranker(out_dir: str | Path, config: RandomQwen3Config = RandomQ
     with torch.no_grad():
         embed = model.model.embed_tokens.weight  # tied: also the LM head's rows
         embed[ids[ENDOFTEXT]].normal_(0.0, hf_config.initializer_range)  # random init zeroes the pad row
-        for name in ("yes", "no"):
-            embed[ids[name]].normal_(0.0, 0.5)  # logits of a few units: scores spread over (0, 1)
+        for name in ("yes", "no"):  # logit differences of a few units at any width: scores spread over (0, 1)
+            embed[ids[name]].normal_(0.0, 4.0 / config.hidden_size**0.5)
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
                 p.uniform_(0.5, 1.5)
@@ -106,24 +107,30 @@ class RandomCrossEncoderConfig:
     num_attention_heads: int = 2
     intermediate_size: int = 64
     max_position_embeddings: int = 512
-    vocab_size: int = 600
     seed: int = 4
     # What sentence-transformers' CrossEncoder applies to the logit, as a dotted class path written to
     # config.json (``sentence_transformers.activation_fn``); None: not written (its default: Sigmoid).
     activation_fn: str | None = None
 
 
-def build_wordpiece_tokenizer(vocab_size: int):  # -> tokenizers.Tokenizer
-    """A lower-casing BERT WordPiece tokenizer trained on the built-in corpus, with BERT's pair template."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+def build_wordpiece_tokenizer():  # -> tokenizers.Tokenizer
+    """A lower-casing BERT WordPiece tokenizer over the built-in corpus, with BERT's pair template.
 
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    The vocabulary is built, not trained (tokenizers' WordPiece trainer orders it differently from run
+    to run): the special tokens, every character alone and as a ``##`` continuation, every corpus word.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words = {w for line in CORPUS for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(line))}
+    chars = sorted({c for w in words for c in w})
+    tokens = [*WORDPIECE_SPECIALS, *chars, *(f"##{c}" for c in chars), *sorted(words - set(chars))]
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(tokens)}, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
-    tok.train_from_iterator(CORPUS * 4, trainer=trainer)
+    tok.add_special_tokens(list(WORDPIECE_SPECIALS))
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
@@ -139,7 +146,7 @@ def make_cross_encoder(out_dir: str | Path, config: RandomCrossEncoderConfig = R
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = build_wordpiece_tokenizer(config.vocab_size)
+    tok = build_wordpiece_tokenizer()
     tok.save(str(out / "tokenizer.json"))
     vocab = sorted(tok.get_vocab().items(), key=lambda item: item[1])
     (out / "vocab.txt").write_text("".join(f"{token}\n" for token, _ in vocab), encoding="utf-8")
