@@ -131,7 +131,7 @@ class TensorRTBackend(Backend):
             raise BackendError("the TensorRT backend is not open; call open() first")
         if self.config.device_id:  # the current device is per host thread; callers run on many threads
             cuda.set_device(self.config.device_id)
-        yield from pipelined(batches, pool, self._profiles, inputs=self.manifest.input_names)
+        yield from pipelined(batches, pool, self._profiles, input_names=self.manifest.input_names)
 
     @property
     def device(self) -> str:
