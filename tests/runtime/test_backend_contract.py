@@ -61,26 +61,34 @@ def _no_gpu_reason() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def tensorrt_artefact(qwen3_artefact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the tiny artefact with an FP32 engine built for the GPU here (built once per module)."""
-    reason = _no_gpu_reason()
-    if reason:
-        pytest.skip(reason)
-    from embedrt.backends.trt_loader import installed_flavours
-    from embedrt_export.errors import ExportError
-    from embedrt_export.trt import BuildOptions, build_engines
+def tensorrt_built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], Path]:
+    """Copies of the tiny artefacts with an FP32 engine built for the GPU here (each built once per module)."""
+    built: dict[Path, Path] = {}
 
-    flavours = installed_flavours()
-    if not flavours:
-        pytest.skip("no TensorRT flavour installed (pip install 'embedrt[tensorrt-rtx]' or datacenter tensorrt)")
-    artefact = tmp_path_factory.mktemp("contract") / "tiny-qwen3"
-    shutil.copytree(qwen3_artefact, artefact)
-    flavour = "tensorrt" if "tensorrt" in flavours else "tensorrt-rtx"
-    try:
-        build_engines(artefact, BuildOptions(("fp32",), None, flavour), log=print)
-    except (ExportError, BackendError) as exc:
-        pytest.skip(f"{flavour} cannot build for this GPU: {exc}")
-    return artefact
+    def build(source: Path) -> Path:
+        if source in built:
+            return built[source]
+        reason = _no_gpu_reason()
+        if reason:
+            pytest.skip(reason)
+        from embedrt.backends.trt_loader import installed_flavours
+        from embedrt_export.errors import ExportError
+        from embedrt_export.trt import BuildOptions, build_engines
+
+        flavours = installed_flavours()
+        if not flavours:
+            pytest.skip("no TensorRT flavour installed (pip install 'embedrt[tensorrt-rtx]' or datacenter tensorrt)")
+        artefact = tmp_path_factory.mktemp("contract") / source.name
+        shutil.copytree(source, artefact)
+        flavour = "tensorrt" if "tensorrt" in flavours else "tensorrt-rtx"
+        try:
+            build_engines(artefact, BuildOptions(("fp32",), None, flavour), log=print)
+        except (ExportError, BackendError) as exc:
+            pytest.skip(f"{flavour} cannot build for this GPU: {exc}")
+        built[source] = artefact
+        return artefact
+
+    return build
 
 
 @pytest.fixture(params=["embed", "rerank"])
@@ -117,10 +125,7 @@ def make(request: pytest.FixtureRequest, artefact: Path, monkeypatch: pytest.Mon
             pytest.skip("this onnxruntime has no CUDA execution provider (pip install onnxruntime-gpu)")
         config = BackendConfig(precision="fp32", device="cuda")
         return lambda: OnnxRuntimeBackend(artefact, manifest, config)
-    if manifest.task != "embed":
-        pytest.skip("embedrt build gives only input_ids and attention_mask a profile: no engine for a graph "
-                    "that takes token_type_ids yet")
-    built = request.getfixturevalue("tensorrt_artefact")
+    built = request.getfixturevalue("tensorrt_built")(artefact)
     return lambda: TensorRTBackend(built, load_manifest(built), BackendConfig(precision="fp32"))
 
 
