@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import ExportError, ParityError
 from .parity import long_text
-from .rerank_reference import EncodedPairs, Pair, PairEncoder, RerankReference
+from .rerank_reference import EncodedPairs, Pair, PairEncoder, RerankReference, Scored
 
 # Largest |score - reference score| per graph precision.
 TOLERANCE = {"fp32": 1e-4, "fp16": 2e-3}
@@ -60,7 +60,7 @@ class RerankGate:
     """The parity gate of one reranker export: fixed pairs, their reference scores, the runtime's encoding."""
 
     pairs: list[Pair]
-    reference: np.ndarray
+    reference: Scored
     encoder: PairEncoder
     long_index: int
     log: Callable[[str], None]
@@ -74,21 +74,23 @@ class RerankGate:
                               "token_type_ids" in spec.inputs)
         pairs, long_index = parity_pairs(encoder.count, spec.max_length, prompt.takes_instruction)
         log(f"reference: PyTorch FP32, the model's own scoring, on {len(pairs)} parity pairs")
-        scores, ids, types = ref.score_alone(pairs)
+        reference = ref.score_alone(pairs)
         for i, pair in enumerate(pairs):
             got_ids, got_types = encoder.encode(pair)
-            if got_ids != ids[i] or (types is not None and encoder.token_types and got_types != types[i]):
+            types = reference.type_ids
+            if got_ids != reference.ids[i] or (types is not None and encoder.token_types and got_types != types[i]):
                 raise ExportError(
                     f"tokenizer.json encodes parity pair {i} ({pair.query[:30]!r}, {pair.document[:30]!r}) differently "
                     "from the reference's transformers tokenizer; the runtime would not score what the model card "
                     "scores. Re-save the tokenizer with `AutoTokenizer.from_pretrained(...).save_pretrained(...)`")
-        return cls(pairs, scores, encoder, long_index, log)
+        return cls(pairs, reference, encoder, long_index, log)
 
     def measure(self, path: Path, precision: str, sides: Sequence[str]) -> dict[str, Any]:
         report = measure(self.pairs, self.reference, self.encoder.batch, _ort_runner(path), precision,
                          self.long_index, sides)
         self.log(f"parity: {precision} {path.name} vs PyTorch FP32: max |Δscore| {report['max_abs_score_diff']:.2e} "
-                 f"(threshold {report['threshold_max_abs_score_diff']}), mean {report['mean_abs_score_diff']:.2e}")
+                 f"(threshold {report['threshold_max_abs_score_diff']}), mean {report['mean_abs_score_diff']:.2e}; "
+                 f"max |Δlogit| {report['max_abs_logit_diff']:.2e}")
         return report
 
     @staticmethod
@@ -96,30 +98,36 @@ class RerankGate:
         check(report)
 
 
-def _ort_runner(path: Path) -> Callable[[EncodedPairs], np.ndarray]:
+Run = Callable[[EncodedPairs], np.ndarray]  # -> [2, batch]: scores, logits
+
+
+def _ort_runner(path: Path) -> Run:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     def run(enc: EncodedPairs) -> np.ndarray:
-        return session.run(["score"], enc.feeds())[0]
+        return np.stack(session.run(["score", "logit"], enc.feeds()))
 
     return run
 
 
-def measure(pairs: Sequence[Pair], reference: np.ndarray, encode: Callable[[Sequence[Pair], str], EncodedPairs],
-            run: Callable[[EncodedPairs], np.ndarray], precision: str, long_index: int,
-            padding_sides: Sequence[str] = ("right",)) -> dict[str, Any]:
-    """Compare ``run``'s scores with ``reference`` (one per pair) alone and in padded batches."""
-    modes: dict[str, np.ndarray] = {"single": np.empty(len(pairs))}
+def measure(pairs: Sequence[Pair], reference: Scored, encode: Callable[[Sequence[Pair], str], EncodedPairs],
+            run: Run, precision: str, long_index: int, padding_sides: Sequence[str] = ("right",)) -> dict[str, Any]:
+    """Compare ``run``'s scores with ``reference`` (one per pair) alone and in padded batches. The
+    logits are compared too, for the record: where scores saturate near 0 or 1 (as random weights
+    can make them), the logit still shows what the graph computes."""
+    modes: dict[str, np.ndarray] = {"single": np.empty((2, len(pairs)))}
     for i, pair in enumerate(pairs):
-        modes["single"][i] = float(run(encode([pair], "right"))[0])
+        modes["single"][:, i] = run(encode([pair], "right"))[:, 0]
     for side in padding_sides:
-        got = np.empty(len(pairs))
+        got = np.empty((2, len(pairs)))
         for batch in _batches(len(pairs), long_index):
-            got[batch] = run(encode([pairs[i] for i in batch], side))
+            got[:, batch] = run(encode([pairs[i] for i in batch], side))
         modes[f"batch_{side}"] = got
-    diffs = np.abs(np.stack(list(modes.values())) - reference[None, :])
+    stacked = np.stack(list(modes.values()))  # [mode, score | logit, pair]
+    diffs = np.abs(stacked[:, 0] - reference.scores[None, :])
+    logit_diffs = np.abs(stacked[:, 1] - reference.logits[None, :])
     mode_idx, pair_idx = (int(i) for i in np.unravel_index(np.argmax(diffs), diffs.shape))
     worst = float(diffs[mode_idx, pair_idx])
     threshold = TOLERANCE[precision]
@@ -132,7 +140,9 @@ def measure(pairs: Sequence[Pair], reference: np.ndarray, encode: Callable[[Sequ
         "max_abs_score_diff": worst,
         "mean_abs_score_diff": float(diffs.mean()),
         "per_mode_max_abs_score_diff": {m: float(d.max()) for m, d in zip(modes, diffs, strict=True)},
-        "reference_score_range": [float(reference.min()), float(reference.max())],
+        "max_abs_logit_diff": float(logit_diffs.max()),
+        "reference_score_range": [float(reference.scores.min()), float(reference.scores.max())],
+        "reference_logit_range": [float(reference.logits.min()), float(reference.logits.max())],
         "worst_pair_index": pair_idx,
         "worst_pair": f"{pair.query[:40]} | {pair.document[:40]}",
         "worst_mode": list(modes)[mode_idx],

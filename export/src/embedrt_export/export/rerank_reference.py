@@ -38,6 +38,16 @@ class Pair:
 
 
 @dataclass(frozen=True)
+class Scored:
+    """Reference results, one row per pair: score, logit, and the token ids (and type ids) scored."""
+
+    scores: np.ndarray
+    logits: np.ndarray
+    ids: list[list[int]]
+    type_ids: list[list[int]] | None
+
+
+@dataclass(frozen=True)
 class EncodedPairs:
     input_ids: np.ndarray
     attention_mask: np.ndarray
@@ -91,8 +101,8 @@ class RerankReference:
             warnings.simplefilter("ignore")
             return self.tokenizer.pad(inputs, padding=True, return_tensors="pt", max_length=max_length)
 
-    def score(self, pairs: Sequence[Pair]) -> tuple[np.ndarray, list[list[int]], list[list[int]] | None]:
-        """(scores, input ids, token type ids or None) of ``pairs`` scored together, as the card does."""
+    def score(self, pairs: Sequence[Pair]) -> Scored:
+        """``pairs`` scored together, as the card does (left padding for Qwen3)."""
         import torch
 
         with torch.no_grad():
@@ -106,9 +116,10 @@ class RerankReference:
                 batch_scores = torch.stack([false_vector, true_vector], dim=1)
                 batch_scores = torch.nn.functional.log_softmax(batch_scores, dim=1)
                 scores = batch_scores[:, 1].exp()
+                logits = batch_scores[:, 1] - batch_scores[:, 0]  # = logit(yes) - logit(no)
                 ids = [row[mask.bool()].tolist() for row, mask in zip(inputs["input_ids"], inputs["attention_mask"],
                                                                        strict=True)]
-                return scores.numpy().astype(np.float64), ids, None
+                return Scored(scores.numpy().astype(np.float64), logits.numpy().astype(np.float64), ids, None)
             features = self.tokenizer([p.query for p in pairs], [p.document for p in pairs], padding=True,
                                       truncation=True, max_length=self.spec.max_length, return_tensors="pt")
             logits = self.model(**features).logits[:, 0]
@@ -117,17 +128,14 @@ class RerankReference:
             ids = [row[m].tolist() for row, m in zip(features["input_ids"], mask, strict=True)]
             types = ([row[m].tolist() for row, m in zip(features["token_type_ids"], mask, strict=True)]
                      if "token_type_ids" in features else None)
-            return scores.numpy().astype(np.float64), ids, types
+            return Scored(scores.numpy().astype(np.float64), logits.numpy().astype(np.float64), ids, types)
 
-    def score_alone(self, pairs: Sequence[Pair]) -> tuple[np.ndarray, list[list[int]], list[list[int]] | None]:
+    def score_alone(self, pairs: Sequence[Pair]) -> Scored:
         """Each pair scored on its own (no padding): the reference every graph mode is compared with."""
-        scores, ids, types = [], [], []
-        for pair in pairs:
-            s, i, t = self.score([pair])
-            scores.append(float(s[0]))
-            ids.append(i[0])
-            types.append(t[0] if t is not None else None)
-        return np.array(scores), ids, (types if all(t is not None for t in types) else None)  # type: ignore[return-value]
+        each = [self.score([pair]) for pair in pairs]
+        types = [s.type_ids[0] for s in each if s.type_ids is not None]
+        return Scored(np.concatenate([s.scores for s in each]), np.concatenate([s.logits for s in each]),
+                      [s.ids[0] for s in each], types if len(types) == len(each) else None)
 
 
 class PairEncoder:
