@@ -4,11 +4,15 @@ A second small head on ``Model``, beside ``Embedder``: the same loading, batchin
 with a pair tokenizer before the backend (``pairs.py``) and the score head after it (``scoring.py``).
 Like the Embedder, its work is split in verbs a server can run at different places: ``prepare``
 (validate, prompt, tokenize) and ``infer`` (batch, run, restore order); ``score`` chains the two.
+A ranking has the same split: ``prepare_ranking`` (a query's pairs and the windows of long
+documents), ``infer``, then ``finish_ranking`` (each document's best window, best first); ``rerank``
+chains the three, and the server's core runs them across requests (``embedrt.heads``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -27,6 +31,17 @@ from .tokenizer import Encoded, text_problem
 # How rerank() scores a document too long for one input: "truncate" as the model card does (keep
 # what fits), or "max_window" as Cohere does (the best of windows that each fit; pairs.py).
 LONG_DOCUMENTS = ("truncate", "max_window")
+
+
+@dataclass(frozen=True)
+class RankingInput:
+    """A query's documents, tokenized for ``Reranker.infer``: one item per document, then the further
+    windows of long documents (``owners[i]``: the document of item ``i``), and how many to return."""
+
+    items: list[Encoded]
+    owners: np.ndarray
+    documents: int
+    top_n: int
 
 
 class Reranker(Model):
@@ -75,19 +90,36 @@ class Reranker(Model):
         ``long_documents``: "truncate" (default, the model card's rule: keep what fits) or
         "max_window": a document too long for one input scores as its best window (``pairs.py``).
         """
+        ranking = self.prepare_ranking(query, documents, instruction=instruction, top_n=top_n,
+                                       long_documents=long_documents)
+        scores, logits = self.infer(ranking.items)
+        return self.finish_ranking(scores, logits, ranking)
+
+    def prepare_ranking(self, query: str, documents: Sequence[str], *, instruction: str | None = None,
+                        top_n: int | None = None, long_documents: str = "truncate",
+                        truncate: bool = True) -> RankingInput:
+        """``rerank``'s first step: validate, then tokenize one pair per document (and, for
+        "max_window", the further windows of each long document). ``truncate=False`` refuses a pair over
+        the maximum length (``InputTooLongError``, its index the document's) instead of cutting it;
+        "max_window" never cuts a document, so it ignores ``truncate``."""
         docs = _check_rerank(query, documents, long_documents)
         count = check_top_n(top_n, len(docs))
-        items = self.prepare([(query, d) for d in docs], instruction=instruction)
+        windowed = long_documents == "max_window"
+        items = self.prepare([(query, d) for d in docs], instruction=instruction, truncate=truncate or windowed)
         owners = list(range(len(docs)))
-        if long_documents == "max_window":
+        if windowed:
             for i in [i for i, item in enumerate(items) if item.truncated]:
                 windows = self._pairs.windows(query, docs[i], instruction)
                 items[i] = windows[0]
                 items.extend(windows[1:])
                 owners.extend([i] * (len(windows) - 1))
-        scores, logits = self.infer(items)
-        best = best_windows(logits, np.asarray(owners), len(docs))
-        return rank(scores[best], logits[best], count)
+        return RankingInput(items, np.asarray(owners), len(docs), count)
+
+    def finish_ranking(self, scores: np.ndarray, logits: np.ndarray, ranking: RankingInput) -> list[RerankResult]:
+        """``rerank``'s last step: ``infer``'s outputs for ``ranking.items`` -> each document's best
+        window, the ``top_n`` best documents first."""
+        best = best_windows(logits, ranking.owners, ranking.documents)
+        return rank(scores[best], logits[best], ranking.top_n)
 
     def info(self) -> RerankerInfo:
         """The reranker and how it runs (a closed Reranker reports its backend as it last ran)."""
@@ -123,4 +155,4 @@ def _check_rerank(query: str, documents: Sequence[str], long_documents: str) -> 
     return docs
 
 
-__all__ = ["LONG_DOCUMENTS", "RerankResult", "Reranker"]
+__all__ = ["LONG_DOCUMENTS", "RankingInput", "RerankResult", "Reranker"]
