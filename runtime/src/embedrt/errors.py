@@ -24,6 +24,10 @@ class InvalidFieldError(InvalidInputError):
         self.field, self.detail = field, message
 
 
+class ModelNotFoundError(InvalidFieldError):
+    """A request names a model this server does not serve, where several could be meant."""
+
+
 class InputTooLongError(InvalidInputError):
     """A text (or a reranker's pair, ``what="pair"``) exceeds the model's maximum length and truncation
     was turned off.
@@ -111,7 +115,7 @@ def status_for(error: BaseException) -> tuple[str, int]:
         return "RESOURCE_EXHAUSTED", 413
     if isinstance(error, UnsupportedMediaError):
         return "INVALID_ARGUMENT", 415
-    if isinstance(error, RouteNotFoundError):
+    if isinstance(error, (RouteNotFoundError, ModelNotFoundError)):
         return "NOT_FOUND", 404
     if isinstance(error, MethodNotAllowedError):
         return "UNIMPLEMENTED", 405
