@@ -224,6 +224,30 @@ def test_export_parity_figures_are_within_the_gates(family: str, qwen3_reranker_
     assert m.graphs["fp16"].parity["fp32_islands"] == "lean"
 
 
+def test_a_graph_off_by_more_than_the_gate_fails_naming_the_pair() -> None:
+    from embedrt_export.errors import ParityError
+    from embedrt_export.export.rerank_parity import check, measure
+    from embedrt_export.export.rerank_reference import EncodedPairs, Scored
+
+    pairs = [Pair("q", f"document {i}") for i in range(3)] + [Pair("q", "a long document")]
+    reference = Scored(np.array([0.1, 0.5, 0.9, 0.3]), np.zeros(4), [], None)
+    index = {pair: i for i, pair in enumerate(pairs)}
+
+    def encode(batch: Any, side: str) -> EncodedPairs:  # the row's pair index stands in for its token ids
+        return EncodedPairs(np.array([[index[p]] for p in batch]), np.ones((len(batch), 1), np.int64))
+
+    def run(enc: EncodedPairs) -> np.ndarray:  # right alone, off by 0.01 on pair 2 inside a batch
+        rows = enc.input_ids[:, 0]
+        scores = reference.scores[rows] + np.where((rows == 2) & (len(rows) > 1), 0.01, 0.0)
+        return np.stack([scores, np.zeros_like(scores)])
+
+    report = measure(pairs, reference, encode, run, "fp16", long_index=3)
+    assert not report["passed"] and (report["worst_pair_index"], report["worst_mode"]) == (2, "batch_right")
+    assert report["per_mode_max_abs_score_diff"]["single"] == 0.0
+    with pytest.raises(ParityError, match=r"fp16 reranker graph fails parity: .* on pair 2 .*--dtype fp32"):
+        check(report)
+
+
 # -- the graphs against the model's own scoring, written here once more -------------------------------------------
 
 

@@ -157,6 +157,7 @@ def check(report: dict[str, Any]) -> None:
             f"{report['precision']} reranker graph fails parity: max |score difference| "
             f"{report['max_abs_score_diff']:.2e} > {report['threshold_max_abs_score_diff']} on pair "
             f"{report['worst_pair_index']} "
-            f"({report['worst_pair']!r}, {report['worst_mode']})",
+            f"({report['worst_pair']!r}, {report['worst_mode']})"
+            + ("; export the FP32 graph alone with `--dtype fp32`" if report["precision"] == "fp16" else ""),
             report,
         )

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..export.rerank_spec import QWEN3_RERANK_PROMPT
 from .synthetic import CORPUS, ENDOFTEXT, IM_END, IM_START, RandomQwen3Config, build_tokenizer
 
 THINK, END_THINK = "<think>", "</think>"
@@ -37,6 +38,9 @@ RERANK_CORPUS = [
     *(["yes\nno\n"] * 40),
 ]
 
+_SAMPLE_PROMPT = (QWEN3_RERANK_PROMPT.prefix + QWEN3_RERANK_PROMPT.format_pair(
+    "what is the capital of France?", "Paris is the capital and largest city of France.") + QWEN3_RERANK_PROMPT.suffix)
+
 
 def make_qwen3_reranker(out_dir: str | Path, config: RandomQwen3Config = RandomQwen3Config(seed=3)) -> Path:
     """Write a random-weight Qwen3-Reranker-like checkpoint (``Qwen3ForCausalLM``) to ``out_dir``."""
@@ -46,9 +50,10 @@ def make_qwen3_reranker(out_dir: str | Path, config: RandomQwen3Config = RandomQ
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer(min(config.vocab_size, 1024), RERANK_CORPUS, (THINK, END_THINK), append_end_of_text=False)
-    ids = {name: tok.token_to_id(name) for name in (ENDOFTEXT, IM_START, IM_END, THINK, END_THINK, "yes", "no")}
-    if any(i is None for i in ids.values()):
-        raise RuntimeError(f"the reranker fixture tokenizer lacks a token it needs: {ids}")
+    names = (ENDOFTEXT, IM_START, IM_END, THINK, END_THINK, "yes", "no")
+    ids: dict[str, int] = {name: i for name in names if (i := tok.token_to_id(name)) is not None}
+    if len(ids) != len(names):
+        raise RuntimeError(f"the reranker fixture tokenizer lacks a token it needs: {set(names) - set(ids)}")
     tok.save(str(out / "tokenizer.json"))
     tokenizer_config = {
         "tokenizer_class": "Qwen2Tokenizer",
@@ -89,13 +94,26 @@ def make_qwen3_reranker(out_dir: str | Path, config: RandomQwen3Config = RandomQ
     with torch.no_grad():
         embed = model.model.embed_tokens.weight  # tied: also the LM head's rows
         embed[ids[ENDOFTEXT]].normal_(0.0, hf_config.initializer_range)  # random init zeroes the pad row
-        for name in ("yes", "no"):  # logit differences of a few units at any width: scores spread over (0, 1)
+        for name in ("yes", "no"):  # logit differences of a few units between pairs, at any width
             embed[ids[name]].normal_(0.0, 4.0 / config.hidden_size**0.5)
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
                 p.uniform_(0.5, 1.5)
+        _centre_yes_no(model, tok.encode(_SAMPLE_PROMPT, add_special_tokens=False).ids, ids["yes"], ids["no"])
     model.save_pretrained(out, safe_serialization=True)
     return out
+
+
+def _centre_yes_no(model, prompt: list[int], yes: int, no: int) -> None:  # model: Qwen3ForCausalLM
+    """Every prompt ends in the same suffix, so the last token's state differs little between pairs and a
+    random yes - no row puts every score near 0 or 1 (a 0.6B-wide model: all below 0.02). Remove the row's
+    component along that state for one typical prompt, so that scores spread around 0.5 instead."""
+    import torch
+
+    embed = model.model.embed_tokens.weight
+    for _ in range(2):  # the prompt holds "no" itself, whose embedding this moves: a second pass settles it
+        last = model.model(input_ids=torch.tensor([prompt])).last_hidden_state[0, -1]
+        embed[no] += (last @ (embed[yes] - embed[no])) / (last @ last) * last
 
 
 @dataclass(frozen=True)
