@@ -76,7 +76,8 @@ def check_unique_names(named: Iterable[tuple[str, str]]) -> None:
     for name, where in named:
         if name in seen:
             raise ArtefactError(f"{seen[name]} and {where} are both named {name!r}, and requests pick a model by "
-                                "name; serve them from separate servers, or export one under another name")
+                                "name; serve them from separate servers, or export one under another name "
+                                "(embedrt export --name)")
         seen[name] = where
 
 
