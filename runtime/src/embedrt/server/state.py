@@ -54,8 +54,10 @@ class ServedModel:
 
     def warm_up(self) -> Future[Any]:
         """One small request: the first batch pays for allocations and kernel selection."""
-        if self.task == "rerank":
-            return self.submit(RerankRequest("warm-up", ("warm-up",)))
+        if isinstance(self.model, Reranker):
+            prompt = self.model.spec.prompt  # one that needs an instruction and has no default gets one
+            needed = prompt.takes_instruction and not prompt.default_instruction
+            return self.submit(RerankRequest("warm-up", ("warm-up",), instruction="warm-up" if needed else None))
         return self.submit(EmbedRequest(("warm-up",)))
 
     def info(self) -> ModelInfo | RerankerInfo:
