@@ -25,3 +25,39 @@ def qwen3_int8(qwen3_artefact: Path, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture(scope="session")
 def minilm_int8(minilm_artefact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _quantized(minilm_artefact, tmp_path_factory.mktemp("q8") / "minilm")
+
+
+# -- rerankers (issue #15): tiny random checkpoints from embedrt_export.testing.rerankers, exported once ---------
+
+RERANK_MAX_LENGTH = 128
+
+
+@pytest.fixture(scope="session")
+def qwen3_reranker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from embedrt_export.testing.rerankers import make_qwen3_reranker
+
+    return make_qwen3_reranker(tmp_path_factory.mktemp("rerankers") / "tiny-qwen3-reranker")
+
+
+@pytest.fixture(scope="session")
+def cross_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from embedrt_export.testing.rerankers import make_cross_encoder
+
+    return make_cross_encoder(tmp_path_factory.mktemp("rerankers") / "tiny-cross-encoder")
+
+
+def _export(src: Path, dst: Path, **options: object) -> Path:
+    from embedrt_export import ExportOptions, export_model
+
+    export_model(str(src), dst, ExportOptions(max_length=RERANK_MAX_LENGTH, **options), log=lambda _: None)  # type: ignore[arg-type]
+    return dst
+
+
+@pytest.fixture(scope="session")
+def qwen3_reranker_artefact(qwen3_reranker_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _export(qwen3_reranker_dir, tmp_path_factory.mktemp("artefacts") / "tiny-qwen3-reranker")
+
+
+@pytest.fixture(scope="session")
+def cross_encoder_artefact(cross_encoder_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _export(cross_encoder_dir, tmp_path_factory.mktemp("artefacts") / "tiny-cross-encoder")

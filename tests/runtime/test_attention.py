@@ -88,15 +88,37 @@ def test_bound_runner_matches_plain_runs(qwen3_artefact: Path) -> None:
     one set of buffers per slot reused across calls, outputs of each call its own."""
     session = ort.InferenceSession(str(qwen3_artefact / "model.fp32.onnx"), providers=["CPUExecutionProvider"])
     m = load_manifest(qwen3_artefact)
-    runner = CudaRunner(ort, session, {"sentence_embedding": (m.hidden_size,), "embedding_norm": ()}, 0,
-                        m.pad_token_id, graphs=True, max_graph_tokens=8 * 32, device="cpu")
+    runner = CudaRunner(ort, session, m, 0, graphs=True, max_graph_tokens=8 * 32, device="cpu")
     for seed, (rows, sequence) in enumerate([(1, 16), (3, 16), (5, 32), (3, 16), (16, 64)]):
         batch = _batches(qwen3_artefact, rows, sequence, seed)
         want = session.run(["sentence_embedding", "embedding_norm"],
                            {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})
         got = runner.run(batch)
-        assert got[0].shape == (rows, m.hidden_size) and got[1].shape == (rows,)
-        np.testing.assert_allclose(got[0], want[0], atol=1e-5)
-        np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
+        assert list(got) == ["sentence_embedding", "embedding_norm"]
+        assert got["sentence_embedding"].shape == (rows, m.hidden_size) and got["embedding_norm"].shape == (rows,)
+        np.testing.assert_allclose(got["sentence_embedding"], want[0], atol=1e-5)
+        np.testing.assert_allclose(got["embedding_norm"], want[1], rtol=1e-5)
     # 16 x 64 is past the capture limit: it ran unbound, and took no slot.
     assert runner.captured_shapes == [(1, 16), (4, 16), (8, 32)]
+
+
+def test_bound_runner_feeds_the_manifests_inputs(cross_encoder_artefact: Path) -> None:
+    """A graph that takes token type ids and outputs score / logit, through both of the runner's paths."""
+    m = load_manifest(cross_encoder_artefact)
+    session = ort.InferenceSession(str(cross_encoder_artefact / m.graphs["fp32"].file),
+                                   providers=["CPUExecutionProvider"])
+    runner = CudaRunner(ort, session, m, 0, graphs=True, max_graph_tokens=4 * 16, device="cpu")
+    rng = np.random.default_rng(0)
+    for rows, sequence in [(3, 16), (3, 32)]:  # captured, then past the capture limit
+        lengths = rng.integers(2, sequence + 1, size=rows)
+        ids = [rng.integers(5, 300, size=n) for n in lengths]
+        types = [(np.arange(n) >= n // 2).astype(np.int64) for n in lengths]
+        batch = collate(ids, sequence, m.pad_token_id, m.padding_side, types)
+        want = session.run(["score", "logit"], batch.feed(m.input_names))
+        got = runner.run(batch)
+        assert list(got) == ["score", "logit"] and got["score"].shape == (rows,)
+        np.testing.assert_allclose(got["score"], want[0], atol=1e-6)
+        np.testing.assert_allclose(got["logit"], want[1], atol=1e-6)
+        zero = runner.run(collate(ids, sequence, m.pad_token_id, m.padding_side))  # no type ids: zeros
+        assert not np.allclose(zero["logit"], got["logit"])  # the type ids reached the graph
+    assert runner.captured_shapes == [(4, 16)]

@@ -1,7 +1,8 @@
-"""The scheduler's batching and admission logic, against a fake with the Embedder's three verbs.
+"""The scheduler's batching and admission logic, against a fake with the Embedder's three verbs (and,
+for the reranking head, a fake with the Reranker's ranking verbs).
 
 The fake makes timing controllable (a gate holds the backend) and records every backend call; the
-end-to-end tests in this folder run the same paths on the real Embedder.
+end-to-end tests in this folder and in tests/server run the same paths on the real models.
 """
 
 from __future__ import annotations
@@ -15,17 +16,21 @@ import numpy as np
 import pytest
 
 from embedrt.config import SchedulerConfig
-from embedrt.core import EmbedRequest, Scheduler
+from embedrt.core import EmbedRequest, RerankRequest, RerankScheduler, Scheduler
 from embedrt.errors import (
     BackendError,
     DeadlineExceededError,
+    InputTooLongError,
     InvalidFieldError,
     InvalidInputError,
     OverloadedError,
     UnavailableError,
 )
+from embedrt.manifest import RerankSpec
 from embedrt.pooling import check_dimensions, finish
-from embedrt.prompts import Prompts
+from embedrt.prompts import PairPrompt, Prompts
+from embedrt.reranker import RankingInput
+from embedrt.scoring import RerankResult, best_windows, check_top_n, rank
 from embedrt.tokenizer import Encoded, validate_texts
 
 HIDDEN = 8
@@ -264,3 +269,90 @@ def test_close_fails_what_is_left() -> None:
         waiting.result(5)
     fake.gate.set()
     running.exception(5)  # settled one way or the other, never left hanging
+
+
+# -- the same core with the reranking head ---------------------------------------------------------
+
+
+class FakeReranker:
+    """Pairs of n words become n tokens; a pair's logit depends on the pair only, never on its batch."""
+
+    spec = RerankSpec(PairPrompt())  # a text-pair cross-encoder's: no instruction
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []  # pairs per infer() call
+
+    def prepare_ranking(self, query: str, documents: Sequence[str], *, instruction: str | None = None,
+                        top_n: int | None = None, long_documents: str = "truncate",
+                        truncate: bool = True) -> RankingInput:
+        count = check_top_n(top_n, len(documents))
+        items = []
+        for i, document in enumerate(documents):
+            words = (query + " " + document).split()
+            if not truncate and len(words) > 16:
+                raise InputTooLongError(i, len(words), 16, what="pair")
+            items.append(Encoded(np.array([hash(w) % 1000 for w in words[:16]], dtype=np.int64)))
+        return RankingInput(items, np.arange(len(documents)), len(documents), count)
+
+    def infer(self, items: Sequence[Encoded]) -> tuple[np.ndarray, np.ndarray]:
+        self.batches.append(len(items))
+        logits = np.array([np.sin(float(e.ids.sum())) * 4 for e in items], dtype=np.float32)
+        return 1 / (1 + np.exp(-logits)), logits
+
+    def finish_ranking(self, scores: np.ndarray, logits: np.ndarray, ranking: RankingInput) -> list[RerankResult]:
+        best = best_windows(logits, ranking.owners, ranking.documents)
+        return rank(scores[best], logits[best], ranking.top_n)
+
+
+def rerank_req(query: str, *documents: str, **options: object) -> RerankRequest:
+    return RerankRequest(query, documents, **options)  # type: ignore[arg-type]
+
+
+def test_rerank_requests_share_batches_and_rank_as_alone() -> None:
+    fake, alone_fake = FakeReranker(), FakeReranker()
+    batched = RerankScheduler(fake, SchedulerConfig(max_wait_us=50_000))
+    alone = RerankScheduler(alone_fake, SchedulerConfig(max_batch_requests=1))
+    requests = [rerank_req(f"query {i}", *[f"document {i} {k} " * (1 + k) for k in range(1 + i % 4)], top_n=1 + i % 3)
+                for i in range(30)]
+    try:
+        futures = [batched.submit(r) for r in requests]
+        merged = [f.result(5) for f in futures]
+        singles = [alone.submit(r).result(5) for r in requests]
+    finally:
+        batched.close()
+        alone.close()
+    assert len(fake.batches) <= 4 and sum(fake.batches) == sum(len(r.documents) for r in requests), fake.batches
+    for request, a, b in zip(requests, merged, singles, strict=True):
+        assert a.results == b.results and len(a.results) == min(request.top_n or 99, len(request.documents))
+        assert a.tokens == b.tokens > 0
+        assert [r.logit for r in a.results] == sorted((r.logit for r in a.results), reverse=True)
+
+
+def test_rerank_validation_names_the_field() -> None:
+    scheduler = RerankScheduler(FakeReranker(), SchedulerConfig(max_inputs_per_request=3))
+    try:
+        on_admission = {
+            "documents": [rerank_req("q"), rerank_req("q", "a", "b", "c", "d")],
+            "query": [rerank_req("", "a"), rerank_req(" \n", "a")],
+            "top_n": [rerank_req("q", "a", top_n=0), rerank_req("q", "a", top_n=-2)],
+            "long_documents": [rerank_req("q", "a", long_documents="chunks")],
+            "instruction": [rerank_req("q", "a", instruction="a task")],  # this reranker takes none
+        }
+        for field, bad in on_admission.items():
+            for request in bad:
+                with pytest.raises(InvalidFieldError) as info:
+                    scheduler.submit(request)
+                assert info.value.field == field, request
+        tokenized = {  # checked on a tokenizer thread
+            "documents[1]": [rerank_req("q", "ok", "bad \udc80"), rerank_req("q", "ok", 7),  # type: ignore[arg-type]
+                             rerank_req("q", "ok", " ".join(["w"] * 20), truncate=False)],
+            "query": [rerank_req("bad \ud800", "a")],
+        }
+        for field, bad in tokenized.items():
+            for request in bad:
+                with pytest.raises(InvalidFieldError) as info:
+                    scheduler.submit(request).result(5)
+                assert info.value.field == field, request
+        assert len(scheduler.submit(rerank_req("q", "a", "b", top_n=10)).result(5).results) == 2  # clamped
+    finally:
+        scheduler.close()

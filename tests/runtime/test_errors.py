@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from runtime_helpers import TEXTS
 
-import embedrt.embedder
+import embedrt.model
 from embedrt import (
     ArtefactError,
     BackendError,
@@ -113,7 +113,7 @@ def test_auto_falls_back_to_onnxruntime_when_engines_do_not_fit(qwen3_artefact: 
     artefact = tmp_path / "with-engines"
     shutil.copytree(qwen3_artefact, artefact)
     (artefact / "engines").mkdir()
-    real = embedrt.embedder.create_backend
+    real = embedrt.model.create_backend
     asked: list[str] = []
 
     def fake(name, *args):  # type: ignore[no-untyped-def]
@@ -122,11 +122,11 @@ def test_auto_falls_back_to_onnxruntime_when_engines_do_not_fit(qwen3_artefact: 
             raise EngineMismatchError("no engine for this GPU")
         return real(name, *args)
 
-    monkeypatch.setattr(embedrt.embedder, "create_backend", fake)
+    monkeypatch.setattr(embedrt.model, "create_backend", fake)
     with Embedder.load(artefact) as embedder:
         assert asked == ["tensorrt", "onnxruntime"] and embedder.backend_name == "onnxruntime"
     # Without the stub: whatever the tensorrt module does here (absent, or no GPU), auto still works.
-    monkeypatch.setattr(embedrt.embedder, "create_backend", real)
+    monkeypatch.setattr(embedrt.model, "create_backend", real)
     with Embedder.load(artefact) as embedder:
         assert embedder.backend_name == "onnxruntime"
         assert embedder.embed(["x"]).shape == (1, 64)

@@ -76,13 +76,13 @@ def test_a_plan_tensorrt_cannot_read_says_why() -> None:
 def test_engine_io_reads_dtypes_profiles_and_row_sizes() -> None:
     trt = FakeTensorRT(PROFILES, hidden=8)
     _, engine = deserialize(trt, trt.record(), PLAN)
-    io = engine_io(trt, engine)
+    io = engine_io(trt, engine, ("input_ids", "attention_mask"), ("sentence_embedding", "embedding_norm"))
     assert io.profiles == PROFILES and (io.max_rows, io.max_seq) == (4, 128)
     assert io.dtypes["input_ids"] == np.int32 and io.dtypes["sentence_embedding"] == np.float32
     assert io.row_elems == {"sentence_embedding": 8, "embedding_norm": 1}
     del engine.dtypes["embedding_norm"]
     with pytest.raises(ArtefactError, match=r"the engine lacks tensors \['embedding_norm'\]"):
-        engine_io(trt, engine)
+        engine_io(trt, engine, ("input_ids", "attention_mask"), ("sentence_embedding", "embedding_norm"))
 
 
 class _Cache:

@@ -55,7 +55,7 @@ def test_pool_prefers_a_slot_already_on_the_profile() -> None:
 
 def _engine(trt: FakeTensorRT) -> tuple[object, object]:
     _, engine = deserialize(trt, trt.record(), PLAN)
-    return engine, engine_io(trt, engine)
+    return engine, engine_io(trt, engine, ("input_ids", "attention_mask"), ("sentence_embedding", "embedding_norm"))
 
 
 def test_a_slot_stages_casts_runs_and_reuses_its_buffers(monkeypatch: pytest.MonkeyPatch) -> None:

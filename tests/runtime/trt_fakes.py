@@ -6,8 +6,9 @@ Two levels, for two kinds of test:
   (``embedrt.backends.pipeline``), logging each submit / collect to ``events``.
 - ``FakeCudart`` and ``FakeTensorRT``: cuda-python's runtime API on host memory (device buffers
   are ordinary memory, copies are ``memmove``) and a TensorRT module whose engine computes a
-  row-wise function of its inputs. With them the real backend, slots and buffers run end to end:
-  ``install_fake_cuda`` swaps the fake in, and ``FakeTensorRT.loader`` hands the backend a plan.
+  row-wise function of its inputs (an embedder's, or with ``task="rerank"`` a cross-encoder's). With
+  them the real backend, slots and buffers run end to end: ``install_fake_cuda`` swaps the fake in,
+  and ``FakeTensorRT.loader`` hands the backend a plan.
 """
 
 from __future__ import annotations
@@ -205,20 +206,39 @@ class FakeContext:
         if self.engine.trt.fail:
             raise RuntimeError(self.engine.trt.fail)  # what a binding raises on a CUDA error
         rows, seq = self.shapes["input_ids"]
-        ids, mask = (_view(self.addresses[n], self.engine.dtypes[n], rows * seq).reshape(rows, seq)
-                     for n in INPUT_NAMES)
-        embedding = embed_rows(ids, mask, self.engine.hidden)
-        _view(self.addresses["sentence_embedding"], np.dtype(np.float32), embedding.size)[:] = embedding.ravel()
-        _view(self.addresses["embedding_norm"], np.dtype(np.float32), rows)[:] = np.linalg.norm(embedding, axis=1)
+        inputs = {n: _view(self.addresses[n], self.engine.dtypes[n], rows * seq).reshape(rows, seq)
+                  for n in self.engine.inputs}
+        for name, value in self.engine.compute(inputs).items():
+            _view(self.addresses[name], np.dtype(np.float32), value.size)[:] = value.ravel()
         return True
+
+
+def score_rows(ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> np.ndarray:
+    """What the fake reranker engine computes: per row, a logit from its unmasked tokens and their types."""
+    valid = mask.astype(np.float64)
+    mean = ((ids + 7 * types).astype(np.float64) * valid).sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
+    return np.sin(mean / 50).astype(np.float32) * 4
 
 
 class FakeEngine:
     def __init__(self, trt: FakeTensorRT) -> None:
         self.trt, self.profiles, self.hidden = trt, trt.profiles, trt.hidden
-        self.dtypes = {"input_ids": np.dtype(np.int32), "attention_mask": np.dtype(np.int32),
-                       "sentence_embedding": np.dtype(np.float32), "embedding_norm": np.dtype(np.float32)}
+        int32, float32 = np.dtype(np.int32), np.dtype(np.float32)
+        if trt.task == "rerank":  # a text-pair cross-encoder's engine
+            self.inputs: tuple[str, ...] = (*INPUT_NAMES, "token_type_ids")
+            self.dtypes = {**dict.fromkeys(self.inputs, int32), "score": float32, "logit": float32}
+        else:
+            self.inputs = INPUT_NAMES
+            self.dtypes = {**dict.fromkeys(self.inputs, int32), "sentence_embedding": float32,
+                           "embedding_norm": float32}
         self.contexts = 0
+
+    def compute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.trt.task == "rerank":
+            logit = score_rows(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"])
+            return {"score": (1 / (1 + np.exp(-logit))).astype(np.float32), "logit": logit}
+        embedding = embed_rows(inputs["input_ids"], inputs["attention_mask"], self.hidden)
+        return {"sentence_embedding": embedding, "embedding_norm": np.linalg.norm(embedding, axis=1)}
 
     @property
     def num_io_tensors(self) -> int:
@@ -239,7 +259,7 @@ class FakeEngine:
         return p.min, p.opt, p.max
 
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
-        return {"sentence_embedding": (-1, self.hidden), "embedding_norm": (-1,)}.get(name, (-1, -1))
+        return (-1, -1) if name in self.inputs else (-1, self.hidden) if name == "sentence_embedding" else (-1,)
 
     def create_execution_context(self, config: Any = None) -> FakeContext | None:
         if self.contexts >= self.trt.max_contexts:
@@ -263,10 +283,11 @@ class FakeTensorRT(types.ModuleType):
             pass
 
     def __init__(self, profiles: tuple[ProfileShape, ...], hidden: int = 8, version: str = "10.13.0.35",
-                 max_contexts: int = 8) -> None:
+                 max_contexts: int = 8, task: str = "embed") -> None:
+        """``task`` "rerank": an engine with token type ids in and score / logit out (a cross-encoder's)."""
         super().__init__(f"fake_tensorrt_{id(self)}")  # its own logger (make_logger keeps one per module)
         self.__version__ = version
-        self.profiles, self.hidden, self.max_contexts = profiles, hidden, max_contexts
+        self.profiles, self.hidden, self.max_contexts, self.task = profiles, hidden, max_contexts, task
         self.fail: str | None = None  # set: every execute raises this, as a binding does on a CUDA error
         trt = self
 
@@ -306,4 +327,5 @@ def install_engine(artefact: Path, trt: FakeTensorRT, precision: str = "fp32",
     return record
 
 
-__all__ = ["PLAN", "FakeCudart", "FakeSlot", "FakeTensorRT", "embed_rows", "install_engine", "install_fake_cuda"]
+__all__ = ["PLAN", "FakeCudart", "FakeSlot", "FakeTensorRT", "embed_rows", "install_engine", "install_fake_cuda",
+           "score_rows"]

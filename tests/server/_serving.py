@@ -1,22 +1,31 @@
-"""Helpers for the server tests: a real server on port 0 around the real Embedder, real clients."""
+"""Helpers for the server tests: a real server on port 0 around the real models, real clients."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import httpx
 import numpy as np
 
-from embedrt import Embedder
+from embedrt import Embedder, Reranker, load_manifest
 from embedrt.config import SchedulerConfig, ServerConfig
 from embedrt.server import ThreadedServer, pb2, pb2_grpc
 from embedrt.tokenizer import Encoded
 
 EPHEMERAL = ServerConfig(grpc_port=0, http_port=0, grace_s=5.0)
+MAX_INPUTS = 8  # texts per embedding request and documents per rerank request, on the shared servers
+MAX_MESSAGE_BYTES = 1 << 18  # the servers with rerankers: a body limit that a test can pass cheaply
+M = TypeVar("M", Embedder, Reranker)
+
+
+def open_model(artefact: Path) -> Embedder | Reranker:
+    """The artefact as its manifest's task says, on ONNX Runtime FP32 as the server tests compare it."""
+    kind = Reranker if load_manifest(artefact).task == "rerank" else Embedder
+    return kind.load(artefact, "onnxruntime", precision="fp32")
 
 
 class Hooks:
@@ -30,8 +39,8 @@ class Hooks:
         self.loaded = threading.Event()  # loading waits for this when `hold_loading` is used
         self.loaded.set()
 
-    def wrap(self, embedder: Embedder) -> Embedder:
-        real = embedder.infer
+    def wrap(self, model: M) -> M:
+        real = model.infer
 
         def infer(items: Sequence[Encoded]) -> tuple[np.ndarray, np.ndarray]:
             self.entered.set()
@@ -41,8 +50,8 @@ class Hooks:
                 raise RuntimeError("injected backend failure")
             return real(items)
 
-        embedder.infer = infer  # type: ignore[method-assign]
-        return embedder
+        model.infer = infer  # type: ignore[method-assign]
+        return model
 
 
 class Served:
@@ -52,6 +61,7 @@ class Served:
         self.server, self.hooks = server, hooks
         self.channel = grpc.insecure_channel(f"127.0.0.1:{server.ports.grpc}")
         self.stub = pb2_grpc.EmbedderStub(self.channel)
+        self.rerank_stub = pb2_grpc.RerankerStub(self.channel)
         http = server.ports.http
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{http}" if http else "http://http-is-off", timeout=30)
 
@@ -76,15 +86,22 @@ class Served:
         self.server.stop(grace=5.0)
 
 
-def serve(artefact: Path, config: ServerConfig = EPHEMERAL, scheduler: SchedulerConfig | None = None,
+def serve(artefact: Path | Sequence[Path], config: ServerConfig = EPHEMERAL, scheduler: SchedulerConfig | None = None,
           hooks: Hooks | None = None, wait: bool = True) -> Served:
+    """One artefact as before (an Embedder, the backend chosen as `embedrt serve` would), or several,
+    each loaded as its task says."""
     hooks = hooks or Hooks()
+    if isinstance(artefact, Path):
+        def load() -> Embedder:
+            hooks.loaded.wait(30)
+            return hooks.wrap(Embedder.load(artefact))
 
-    def load() -> Embedder:
-        hooks.loaded.wait(30)
-        return hooks.wrap(Embedder.load(artefact))
+        server = ThreadedServer(load, config, scheduler)
+    else:
+        def loader(path: Path) -> Callable[[], Embedder | Reranker]:
+            return lambda: hooks.wrap(open_model(path))
 
-    server = ThreadedServer(load, config, scheduler)
+        server = ThreadedServer([loader(p) for p in artefact], config, scheduler)
     server.start()
     if wait:
         server.wait_ready()

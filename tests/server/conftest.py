@@ -1,4 +1,4 @@
-"""Fixtures: real servers on port 0 with the real Embedder on the tiny Qwen3 artefact."""
+"""Fixtures: real servers on port 0 with the real models on tiny artefacts (embedders and rerankers)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _serving import Served, serve
+from _serving import MAX_INPUTS, MAX_MESSAGE_BYTES, Served, serve
 
-from embedrt import Embedder
-from embedrt.config import SchedulerConfig
+from embedrt import Embedder, Reranker
+from embedrt.config import SchedulerConfig, ServerConfig
+
+# As tests/runtime/conftest.py exports them: room for the Qwen3-Reranker prompt and a short pair; a
+# small cross-encoder, so that ordinary test documents overflow it.
+QWEN3_RERANKER_MAX_LENGTH = 192
+CROSS_ENCODER_MAX_LENGTH = 64
 
 
 @pytest.fixture(scope="session")
@@ -28,5 +33,78 @@ def library(artefact: Path) -> Iterator[Embedder]:
 def served(artefact: Path) -> Iterator[Served]:
     """One shared server for tests that do not change its configuration or hooks."""
     instance = serve(artefact, scheduler=SchedulerConfig(max_inputs_per_request=8))
+    yield instance
+    instance.close()
+
+
+def _export(source: Path, out: Path, **options: object) -> Path:
+    from embedrt_export import ExportOptions, export_model
+
+    export_model(str(source), out, ExportOptions(**options), log=lambda _: None)  # type: ignore[arg-type]
+    return out
+
+
+@pytest.fixture(scope="session")
+def reranker_artefact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Qwen3-Reranker (template pairs, an instruction)."""
+    from embedrt_export.testing.rerankers import make_qwen3_reranker
+
+    source = make_qwen3_reranker(tmp_path_factory.mktemp("rerankers") / "tiny-qwen3-reranker")
+    return _export(source, tmp_path_factory.mktemp("artefacts") / "tiny-qwen3-reranker", dtypes=("fp32",),
+                   max_length=QWEN3_RERANKER_MAX_LENGTH, task="rerank")
+
+
+@pytest.fixture(scope="session")
+def cross_encoder_artefact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT cross-encoder (text pairs with token types, no instruction)."""
+    from embedrt_export.testing.rerankers import make_cross_encoder
+
+    source = make_cross_encoder(tmp_path_factory.mktemp("rerankers") / "tiny-cross-encoder")
+    return _export(source, tmp_path_factory.mktemp("artefacts") / "tiny-cross-encoder", dtypes=("fp32",),
+                   max_length=CROSS_ENCODER_MAX_LENGTH, task="rerank")
+
+
+@pytest.fixture(scope="session")
+def small_embedder_artefact(qwen3_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second embedder, of another name and width (32) than ``artefact``'s (64)."""
+    return _export(qwen3_dirs["mha-h32-l1"], tmp_path_factory.mktemp("artefacts") / "tiny-qwen3-h32",
+                   dtypes=("fp32",), max_length=128)
+
+
+@pytest.fixture(scope="session")
+def reranker(reranker_artefact: Path) -> Iterator[Reranker]:
+    with Reranker.load(reranker_artefact, "onnxruntime", precision="fp32") as model:
+        yield model
+
+
+@pytest.fixture(scope="session")
+def cross_encoder(cross_encoder_artefact: Path) -> Iterator[Reranker]:
+    with Reranker.load(cross_encoder_artefact, "onnxruntime", precision="fp32") as model:
+        yield model
+
+
+@pytest.fixture(scope="session")
+def small_embedder(small_embedder_artefact: Path) -> Iterator[Embedder]:
+    with Embedder.load(small_embedder_artefact, "onnxruntime", precision="fp32") as model:
+        yield model
+
+
+@pytest.fixture(scope="session")
+def mixed(artefact: Path, reranker_artefact: Path) -> Iterator[Served]:
+    """An embedder and a reranker in one server: one model per task, so any `model` name is accepted.
+    A short batching wait lets concurrent requests meet."""
+    config = ServerConfig(grpc_port=0, http_port=0, grace_s=5.0, max_message_bytes=MAX_MESSAGE_BYTES)
+    instance = serve([artefact, reranker_artefact], config,
+                     SchedulerConfig(max_inputs_per_request=MAX_INPUTS, max_wait_us=5_000))
+    yield instance
+    instance.close()
+
+
+@pytest.fixture(scope="session")
+def multi(artefact: Path, small_embedder_artefact: Path, reranker_artefact: Path,
+          cross_encoder_artefact: Path) -> Iterator[Served]:
+    """Two embedders and two rerankers in one server: requests must name their model."""
+    instance = serve([artefact, small_embedder_artefact, reranker_artefact, cross_encoder_artefact],
+                     scheduler=SchedulerConfig(max_inputs_per_request=MAX_INPUTS))
     yield instance
     instance.close()

@@ -6,7 +6,8 @@ GPU precision plan. Matrix multiplies and most elementwise work run in FP16; the
 - the residual stream: its sums grow across layers;
 - rotary embeddings: position × frequency reaches 32K radians, where FP16's step is 32;
 - the attention softmax and the mask addition feeding it (a fully masked row stays finite);
-- everything outside the transformer body: pooling and L2 normalisation.
+- everything outside the transformer body: pooling and L2 normalisation, a reranker's score, and a
+  sequence classifier's head (cross-encoders: the one logit the score is read from).
 Graph inputs stay int64 and graph outputs float32.
 
 Casts are inserted only at the boundaries between FP16 and FP32 regions, once per tensor. (ONNX
@@ -50,6 +51,8 @@ def fp32_island_nodes(model: onnx.ModelProto, plan: str = "full") -> set[str]:
         inner = classes[-1] if classes else ""
         if len(classes) <= 1 or node.op_type in _FP32_OPS:
             keep.add(node.name)  # the export wrapper: pooling and normalisation tail
+        elif _in_classifier_head(classes):
+            keep.add(node.name)
         elif lean:
             if any(c.endswith(_LEAN_MODULE_SUFFIXES) for c in classes):
                 keep.add(node.name)
@@ -63,6 +66,14 @@ def fp32_island_nodes(model: onnx.ModelProto, plan: str = "full") -> set[str]:
         elif node.op_type == "Add" and inner.endswith(_RESIDUAL_MODULE_SUFFIXES):
             keep.add(node.name)
     return keep
+
+
+def _in_classifier_head(classes: list[str]) -> bool:
+    """Inside a ``*ForSequenceClassification`` but outside its base model (``BertModel``): the head."""
+    for i, name in enumerate(classes):
+        if name.endswith("ForSequenceClassification"):
+            return not any(inner.endswith("Model") for inner in classes[i + 1 :])
+    return False
 
 
 def _to_fp16_tensor(tensor: TensorProto, name: str | None = None) -> TensorProto:

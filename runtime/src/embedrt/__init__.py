@@ -1,4 +1,4 @@
-"""embedrt: serve pooled sentence embeddings from exported ONNX / TensorRT artefacts, without PyTorch."""
+"""embedrt: serve sentence embeddings and reranker scores from exported ONNX / TensorRT artefacts, without PyTorch."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from .errors import (
 )
 from .manifest import Manifest, load_manifest
 from .prompts import Prompts
+from .reranker import Reranker
+from .scoring import RerankResult
 from .tokenizer import Encoded
 
 __version__ = "0.1.0"
@@ -38,6 +40,8 @@ __all__ = [
     "Manifest",
     "OverloadedError",
     "Prompts",
+    "RerankResult",
+    "Reranker",
     "UnavailableError",
     "__version__",
     "load_manifest",

@@ -67,16 +67,21 @@ def plan(lengths: Sequence[int], config: BatchingConfig, limits: ShapeLimits = S
     return batches
 
 
-def collate(rows: Sequence[np.ndarray], sequence: int, pad_id: int, padding_side: str) -> Batch:
-    """Pad token-id rows to ``sequence`` on ``padding_side`` into one int64 ``Batch``."""
+def collate(rows: Sequence[np.ndarray], sequence: int, pad_id: int, padding_side: str,
+            type_rows: Sequence[np.ndarray] | None = None) -> Batch:
+    """Pad token-id rows to ``sequence`` on ``padding_side`` into one int64 ``Batch``; ``type_rows``
+    (token type ids, one row per id row, of its length) are padded alike with 0."""
     ids = np.full((len(rows), sequence), pad_id, dtype=np.int64)
     mask = np.zeros((len(rows), sequence), dtype=np.int64)
+    types = None if type_rows is None else np.zeros((len(rows), sequence), dtype=np.int64)
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
     for r, (row, n) in enumerate(zip(rows, lengths, strict=True)):
         cols = slice(0, n) if padding_side == "right" else slice(sequence - n, sequence)
         ids[r, cols] = row
         mask[r, cols] = 1
-    return Batch(ids, mask, lengths)
+        if types is not None:
+            types[r, cols] = type_rows[r]  # type: ignore[index]
+    return Batch(ids, mask, lengths, types)
 
 
 __all__ = ["CPU_BATCHING", "CPU_BUCKETS", "MicroBatch", "bucket_for", "collate", "plan"]

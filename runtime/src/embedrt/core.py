@@ -1,15 +1,19 @@
-"""The runtime core between transports and the ``Embedder``: admission, cross-request batching.
+"""The runtime core between transports and the models: admission, cross-request batching.
 
-Transports hand plain ``EmbedRequest`` objects to ``Scheduler.submit`` and get a
+Transports hand plain requests (``EmbedRequest``, ``RerankRequest``) to ``submit`` and get a
 ``concurrent.futures.Future`` back, so a thread-per-request server and an event loop can both use
 it (``asyncio.wrap_future``). Inside, three stages run on their own threads:
 
 1. admission (the caller's thread): cheap validation, then a bound on requests in the system;
    past it ``OverloadedError`` at once, so memory and latency stay bounded under overload;
-2. tokenizing (a small pool): ``Embedder.prepare``, then a bound on tokens waiting for the backend;
-3. one backend worker per model instance: merges queued requests into one ``Embedder.infer`` call
-   by token budget, request count and a maximum wait, then splits the vectors back and finishes
-   each request with its own options (``Embedder.finish``).
+2. tokenizing (a small pool): the request is prepared, then a bound on tokens waiting for the backend;
+3. one backend worker per model instance: merges queued requests into one backend call by token
+   budget, request count and a maximum wait, then splits the outputs back and finishes each request
+   with its own options.
+
+What those steps mean for one kind of request is its ``Head`` (``heads.py``: validate, tokenize,
+infer, finish); ``TaskScheduler`` is the same machinery for any head. ``Scheduler`` is the core of an
+embedding model, ``RerankScheduler`` of a reranker.
 
 Cancelled or expired requests are dropped before they reach the backend. A failing batch fails
 only its own requests; the worker carries on with the next one.
@@ -22,44 +26,41 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from .config import SchedulerConfig
 from .errors import (
     BackendError,
     DeadlineExceededError,
     EmbedrtError,
-    InputTooLongError,
-    InvalidFieldError,
     InvalidInputError,
-    InvalidTextError,
     OverloadedError,
     UnavailableError,
 )
-from .pooling import check_dimensions
+from .heads import EmbedHead, EmbedModel, Head, Prepared, RerankHead, RerankModel
 from .prompts import Prompts
-from .requests import EmbedRequest, EmbedResult, NoMetrics, SchedulerMetrics
-from .tokenizer import Encoded, TokenIdFormat
+from .requests import EmbedRequest, EmbedResult, NoMetrics, Ranking, RerankRequest, SchedulerMetrics
+from .tokenizer import TokenIdFormat
 
 if TYPE_CHECKING:
     from .embedder import Embedder
+    from .reranker import Reranker
 
 log = logging.getLogger(__name__)
 
 
-class Backend(Protocol):
-    """The part of ``Embedder`` the core uses (a fake can stand in for it in unit tests)."""
+class Timed(Protocol):
+    """What the core reads of every request itself: when its answer stops being of use."""
 
-    def prepare(self, texts: Sequence[str], *, instruction: str | None = None,
-                truncate: bool = True) -> list[Encoded]: ...
-    def infer(self, items: Sequence[Encoded]) -> tuple[np.ndarray, np.ndarray]: ...
-    def finish(self, vectors: np.ndarray, norms: np.ndarray, *, dimensions: int | None = None,
-               normalize: bool = True) -> np.ndarray: ...
+    @property
+    def deadline(self) -> float | None: ...
+
+
+Req = TypeVar("Req", bound=Timed)
+Res = TypeVar("Res")
 
 
 class _Workers:
@@ -69,15 +70,15 @@ class _Workers:
     draining server past its grace period. Jobs still queued at shutdown are the caller's to fail.
     """
 
-    def __init__(self, count: int, name: str, run: Callable[[_Job], None]) -> None:
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+    def __init__(self, count: int, name: str, run: Callable[[Any], None]) -> None:
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._run = run
         self._closed = False
         self._threads = [threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True) for i in range(count)]
         for thread in self._threads:
             thread.start()
 
-    def submit(self, job: _Job) -> None:
+    def submit(self, job: Any) -> None:
         if self._closed:
             raise RuntimeError("the workers are shut down")
         self._jobs.put(job)
@@ -93,64 +94,54 @@ class _Workers:
 
 
 @dataclass(eq=False)
-class _Job:
-    request: EmbedRequest
-    dimensions: int
-    future: Future[EmbedResult] = field(default_factory=Future)
+class _Job(Generic[Req, Res]):
+    request: Req
+    future: Future[Res] = field(default_factory=Future)
     admitted: float = field(default_factory=time.monotonic)
-    items: list[Encoded] = field(default_factory=list)
-    tokens: int = 0
+    prepared: Prepared = field(default_factory=lambda: Prepared([]))
+
+    @property
+    def tokens(self) -> int:
+        return self.prepared.tokens
 
     def expired(self, now: float) -> bool:
         return self.request.deadline is not None and now >= self.request.deadline
 
 
-def _settle(future: Future[EmbedResult], error: BaseException | None = None,
-            result: EmbedResult | None = None) -> None:
+def _settle(future: Future[Any], error: BaseException | None = None, result: Any = None) -> None:
     try:
         if error is not None:
             future.set_exception(error)
         else:
-            future.set_result(result)  # type: ignore[arg-type]
+            future.set_result(result)
     except InvalidStateError:  # cancelled, or failed by close(), meanwhile: nobody is waiting for it
         pass
 
 
-class Scheduler:
-    """Admission control and cross-request dynamic batching for one model instance."""
+class TaskScheduler(Generic[Req, Res]):
+    """Admission control and cross-request dynamic batching for one model instance and its ``Head``."""
 
-    def __init__(self, embedder: Backend, config: SchedulerConfig | None = None, *,
-                 dimensions_range: tuple[int, int], metrics: SchedulerMetrics | None = None,
-                 prompts: Prompts | None = None, token_ids: TokenIdFormat | None = None) -> None:
-        self.embedder = embedder
+    def __init__(self, head: Head[Req, Res], config: SchedulerConfig | None = None,
+                 metrics: SchedulerMetrics | None = None) -> None:
+        self.head = head
         self.config = config or SchedulerConfig()
-        self._range = dimensions_range
         self._metrics: SchedulerMetrics = metrics or NoMetrics()
-        self._prompts = prompts or Prompts()
-        self._token_ids = token_ids  # None: the model takes text only
         self._cond = threading.Condition()  # an RLock inside: done-callbacks may re-enter
-        self._queue: deque[_Job] = deque()
+        self._queue: deque[_Job[Req, Res]] = deque()
         self._queued_tokens = 0
-        self._live: set[_Job] = set()  # admitted and not answered
+        self._live: set[_Job[Req, Res]] = set()  # admitted and not answered
         self._accepting = True
         self._closed = False
         self._prep = _Workers(max(1, self.config.tokenizer_threads), "embedrt-tokenize", self._prepare)
         self._worker = threading.Thread(target=self._run, name="embedrt-backend", daemon=True)
         self._worker.start()
 
-    @classmethod
-    def for_embedder(cls, embedder: Embedder, config: SchedulerConfig | None = None,
-                     metrics: SchedulerMetrics | None = None) -> Scheduler:
-        """A scheduler for a loaded ``Embedder``: dimension range, prompts and special tokens from its artefact."""
-        manifest = embedder.manifest
-        return cls(embedder, config, dimensions_range=manifest.dimensions_range, metrics=metrics,
-                   prompts=manifest.prompts, token_ids=embedder.token_id_format())
-
     # -- admission --------------------------------------------------------------------------------
 
-    def submit(self, request: EmbedRequest) -> Future[EmbedResult]:
+    def submit(self, request: Req) -> Future[Res]:
         """Admit ``request`` or raise at once (InvalidInputError, OverloadedError, UnavailableError)."""
-        job = _Job(request, self._validate(request))
+        self.head.check(request, self.config.max_inputs_per_request)
+        job: _Job[Req, Res] = _Job(request)
         with self._cond:
             if not self._accepting:
                 raise UnavailableError("the server is shutting down and takes no new requests; retry elsewhere")
@@ -165,40 +156,7 @@ class Scheduler:
             _settle(job.future, UnavailableError("the server is shutting down and takes no new requests"))
         return job.future
 
-    def _validate(self, request: EmbedRequest) -> int:
-        """The checks that cost O(1) per input; each text is checked on a tokenizer thread (``_prepare``)."""
-        if request.texts and request.token_ids:
-            raise InvalidFieldError("inputs", "send texts or token ids, not both")
-        if not request.count:
-            raise InvalidFieldError("inputs", "it is empty; send at least one text")
-        limit = self.config.max_inputs_per_request
-        if request.count > limit:
-            raise InvalidFieldError("inputs", f"{request.count} inputs, more than the limit of {limit} per request; "
-                                    "split the request")
-        if request.token_ids:
-            if self._token_ids is None:
-                raise InvalidFieldError("inputs", "this model's tokenizer adds special tokens in a way token-id "
-                                        "input cannot reproduce; send text")
-            if request.instruction is not None or request.query:
-                field = "instruction" if request.instruction is not None else "query"
-                raise InvalidFieldError(field, "applies to text only: send the query as text to have it formatted")
-        else:
-            self._check_query(request)
-        try:
-            return check_dimensions(request.dimensions, self._range)
-        except InvalidInputError as exc:
-            raise InvalidFieldError("dimensions", str(exc)) from None
-
-    def _check_query(self, request: EmbedRequest) -> None:
-        if request.instruction is not None or request.query:  # else not a query: no template applies
-            self._prompts.check_instruction(request.instruction)
-
-    def _format(self, request: EmbedRequest) -> tuple[str, ...]:
-        if request.instruction is None and not request.query:
-            return request.texts
-        return tuple(self._prompts.format_query(text, request.instruction) for text in request.texts)
-
-    def _release(self, job: _Job) -> None:
+    def _release(self, job: _Job[Req, Res]) -> None:
         with self._cond:
             self._live.discard(job)
             self._cond.notify_all()  # drain() waits for the set to empty
@@ -207,36 +165,18 @@ class Scheduler:
 
     # -- tokenizing (pool threads) ----------------------------------------------------------------
 
-    def _prepare(self, job: _Job) -> None:
+    def _prepare(self, job: _Job[Req, Res]) -> None:
         if job.future.cancelled():
             return
-        request = job.request
         try:
-            if request.token_ids:
-                assert self._token_ids is not None  # checked on admission
-                job.items = self._token_ids.encode(request.token_ids, truncate=request.truncate)
-            else:
-                job.items = self.embedder.prepare(self._format(request), truncate=request.truncate)
-        except InvalidFieldError as exc:
+            job.prepared = self.head.prepare(job.request)
+        except InvalidInputError as exc:  # the head names the request's field at fault
             _settle(job.future, exc)
-            return
-        except InputTooLongError as exc:
-            count = f"at least {exc.tokens}" if exc.at_least else str(exc.tokens)
-            _settle(job.future, InvalidFieldError(f"inputs[{exc.index}]", (
-                f"{count} tokens, more than the model's limit of {exc.limit}; shorten it or set `truncate` "
-                "to true")))
-            return
-        except InvalidTextError as exc:
-            _settle(job.future, InvalidFieldError(f"inputs[{exc.index}]", exc.detail))
-            return
-        except InvalidInputError as exc:
-            _settle(job.future, InvalidFieldError("inputs", str(exc)))
             return
         except Exception as exc:  # a tokenizer crash is our fault, not the client's
             log.exception("tokenizing failed")
             _settle(job.future, exc if isinstance(exc, EmbedrtError) else BackendError(f"tokenizing failed: {exc}"))
             return
-        job.tokens = sum(item.length for item in job.items)
         with self._cond:
             over = self._queued_tokens > 0 and self._queued_tokens + job.tokens > self.config.max_queued_tokens
             if not over:
@@ -264,7 +204,7 @@ class Scheduler:
         cfg = self.config
         return self._queued_tokens >= cfg.max_batch_tokens or len(self._queue) >= cfg.max_batch_requests
 
-    def _next_batch(self) -> list[_Job] | None:
+    def _next_batch(self) -> list[_Job[Req, Res]] | None:
         """Wait for work, then for company (up to max_wait_us past the oldest job), then take a batch."""
         with self._cond:
             while not self._queue:
@@ -285,11 +225,11 @@ class Scheduler:
         self._metrics.queue_depth(depth, tokens)
         return taken
 
-    def _take(self) -> tuple[list[_Job], list[_Job]]:
+    def _take(self) -> tuple[list[_Job[Req, Res]], list[_Job[Req, Res]]]:
         """Pop jobs in arrival order within the budget; a job larger than the budget runs alone."""
         cfg = self.config
-        taken: list[_Job] = []
-        expired: list[_Job] = []
+        taken: list[_Job[Req, Res]] = []
+        expired: list[_Job[Req, Res]] = []
         tokens = 0
         now = time.monotonic()
         while self._queue and len(taken) < cfg.max_batch_requests:
@@ -307,13 +247,13 @@ class Scheduler:
             tokens += job.tokens
         return taken, expired
 
-    def _execute(self, batch: list[_Job]) -> None:
+    def _execute(self, batch: list[_Job[Req, Res]]) -> None:
         started = time.monotonic()
-        items = [item for job in batch for item in job.items]
+        items = [item for job in batch for item in job.prepared.items]
         for job in batch:
             self._metrics.queued(started - job.admitted)
         try:
-            vectors, norms = self.embedder.infer(items)
+            outputs = self.head.infer(items)
         except Exception as exc:
             log.exception("the backend failed on a batch of %d requests (%d texts)", len(batch), len(items))
             error = exc if isinstance(exc, EmbedrtError) else BackendError(
@@ -324,15 +264,15 @@ class Scheduler:
         self._metrics.batch(len(batch), len(items), sum(job.tokens for job in batch), time.monotonic() - started)
         offset = 0
         for job in batch:
-            rows = slice(offset, offset + len(job.items))
+            rows = slice(offset, offset + len(job.prepared.items))
             offset = rows.stop
             try:
-                out = self.embedder.finish(vectors[rows], norms[rows], dimensions=job.dimensions,
-                                           normalize=job.request.normalize)
+                result = self.head.finish(job.request, job.prepared, tuple(out[rows] for out in outputs),
+                                          started - job.admitted)
             except Exception as exc:
                 _settle(job.future, exc)
             else:
-                _settle(job.future, result=EmbedResult(out, job.tokens, started - job.admitted))
+                _settle(job.future, result=result)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -364,9 +304,42 @@ class Scheduler:
             _settle(job.future, UnavailableError("the server stopped before this request ran"))
 
 
+
+class Scheduler(TaskScheduler[EmbedRequest, EmbedResult]):
+    """The core of an embedding model: ``EmbedRequest`` in, ``EmbedResult`` out (``heads.EmbedHead``)."""
+
+    def __init__(self, embedder: EmbedModel, config: SchedulerConfig | None = None, *,
+                 dimensions_range: tuple[int, int], metrics: SchedulerMetrics | None = None,
+                 prompts: Prompts | None = None, token_ids: TokenIdFormat | None = None) -> None:
+        self.embedder = embedder
+        super().__init__(EmbedHead(embedder, dimensions_range, prompts, token_ids), config, metrics)
+
+    @classmethod
+    def for_embedder(cls, embedder: Embedder, config: SchedulerConfig | None = None,
+                     metrics: SchedulerMetrics | None = None) -> Scheduler:
+        """A scheduler for a loaded ``Embedder``: dimension range, prompts and special tokens from its artefact."""
+        manifest = embedder.manifest
+        return cls(embedder, config, dimensions_range=manifest.dimensions_range, metrics=metrics,
+                   prompts=manifest.prompts, token_ids=embedder.token_id_format())
+
+
+class RerankScheduler(TaskScheduler[RerankRequest, Ranking]):
+    """The core of a reranker: ``RerankRequest`` in, ``Ranking`` out (``heads.RerankHead``). The pairs of
+    concurrent requests share backend calls; ``max_inputs_per_request`` bounds documents per request."""
+
+    def __init__(self, reranker: RerankModel | Reranker, config: SchedulerConfig | None = None, *,
+                 metrics: SchedulerMetrics | None = None) -> None:
+        self.reranker = reranker
+        super().__init__(RerankHead(reranker), config, metrics)
+
+
 __all__ = [
     "EmbedRequest",
     "EmbedResult",
+    "Ranking",
+    "RerankRequest",
+    "RerankScheduler",
     "Scheduler",
     "SchedulerMetrics",
+    "TaskScheduler",
 ]

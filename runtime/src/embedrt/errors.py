@@ -24,17 +24,22 @@ class InvalidFieldError(InvalidInputError):
         self.field, self.detail = field, message
 
 
+class ModelNotFoundError(InvalidFieldError):
+    """A request names a model this server does not serve, where several could be meant."""
+
+
 class InputTooLongError(InvalidInputError):
-    """A text exceeds the model's maximum length and truncation was turned off.
+    """A text (or a reranker's pair, ``what="pair"``) exceeds the model's maximum length and truncation
+    was turned off.
 
     ``at_least``: only a prefix of the text was tokenized (counting all of a huge text would cost
     more than the answer is worth), so ``tokens`` is a lower bound.
     """
 
-    def __init__(self, index: int, tokens: int, limit: int, *, at_least: bool = False) -> None:
+    def __init__(self, index: int, tokens: int, limit: int, *, at_least: bool = False, what: str = "input") -> None:
         count = f"at least {tokens}" if at_least else f"{tokens}"
         super().__init__(
-            f"input {index} has {count} tokens, more than the model's limit of {limit}; "
+            f"{what} {index} has {count} tokens, more than the model's limit of {limit}; "
             "shorten it or pass truncate=True"
         )
         self.index, self.tokens, self.limit, self.at_least = index, tokens, limit, at_least
@@ -110,7 +115,7 @@ def status_for(error: BaseException) -> tuple[str, int]:
         return "RESOURCE_EXHAUSTED", 413
     if isinstance(error, UnsupportedMediaError):
         return "INVALID_ARGUMENT", 415
-    if isinstance(error, RouteNotFoundError):
+    if isinstance(error, (RouteNotFoundError, ModelNotFoundError)):
         return "NOT_FOUND", 404
     if isinstance(error, MethodNotAllowedError):
         return "UNIMPLEMENTED", 405

@@ -1,4 +1,5 @@
-"""What a loaded model and its backend are, as typed values: ``Embedder.info()`` and ``Backend.describe()``.
+"""What a loaded model and its backend are, as typed values: ``Embedder.info()``, ``Reranker.info()`` and
+``Backend.describe()``.
 
 Transports map these onto their own messages (``InfoResponse``, the HTTP ``/info`` document, the
 ``embedrt embed`` JSON), so a renamed or missing field is a type error, not an empty string on the wire.
@@ -53,4 +54,24 @@ class ModelInfo:
         return asdict(self)
 
 
-__all__ = ["BackendInfo", "ModelInfo"]
+@dataclass(frozen=True)
+class RerankerInfo:
+    """The reranker a ``Reranker`` serves and how: from its manifest, its backend and its batching."""
+
+    name: str
+    architecture: str
+    max_length: int  # tokens per pair, prompt and special tokens included
+    pair_encoding: str  # "template" (Qwen3-Reranker) | "text_pair" (cross-encoders)
+    activation: str  # what the score is: "sigmoid" of the logit, or "none" (the logit itself)
+    default_instruction: str | None
+    padding_side: str
+    backend: BackendInfo
+    max_batch_tokens: int
+    max_batch_size: int
+    task: str = "rerank"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+__all__ = ["BackendInfo", "ModelInfo", "RerankerInfo"]

@@ -97,13 +97,18 @@ class PairPrompt:
     def takes_instruction(self) -> bool:
         return INSTRUCTION in self.template
 
-    def format_pair(self, query: str, document: str, instruction: str | None = None) -> str:
-        """The truncatable middle of a "template" input; the same instruction rule as for queries."""
+    def check_instruction(self, instruction: str | None) -> None:
+        """The same instruction rule as for queries (``Prompts.check_instruction``): refused where the
+        template has no place for one (a text-pair cross-encoder has none), required where it needs one."""
         if instruction is not None and not self.takes_instruction:
             raise InvalidFieldError("instruction", "this reranker takes no instruction; leave it out")
         if self.takes_instruction and not (instruction or self.default_instruction):
             raise InvalidFieldError("instruction", "this reranker needs an instruction and has no default; "
                                     "pass a non-empty one")
+
+    def format_pair(self, query: str, document: str, instruction: str | None = None) -> str:
+        """The truncatable middle of a "template" input; ``check_instruction``'s rule applies."""
+        self.check_instruction(instruction)
         return _fill(self.template, {QUERY: query, DOCUMENT: document,
                                      INSTRUCTION: instruction or self.default_instruction or ""})
 

@@ -11,6 +11,8 @@ from typing import Protocol
 
 import numpy as np
 
+from .scoring import RerankResult
+
 
 @dataclass(frozen=True)
 class EmbedRequest:
@@ -37,6 +39,26 @@ class EmbedResult:
     queue_seconds: float  # admission to the start of the backend call
 
 
+@dataclass(frozen=True)
+class RerankRequest:
+    """A query and the documents to rank by relevance to it, as plain values."""
+
+    query: str
+    documents: tuple[str, ...]
+    top_n: int | None = None  # how many results: all when None, every document when more than there are
+    instruction: str | None = None  # the task, for instruction-tuned rerankers (None: the model's default)
+    truncate: bool = True  # False: a pair over the model's maximum length is refused, not cut
+    long_documents: str = "truncate"  # or "max_window": a long document scores as its best window
+    deadline: float | None = None  # time.monotonic() after which the result is of no use
+
+
+@dataclass(frozen=True)
+class Ranking:
+    results: tuple[RerankResult, ...]  # the top_n best documents, best first (equal scores in input order)
+    tokens: int  # tokens the pairs took, prompt and windows included, after truncation
+    queue_seconds: float  # admission to the start of the backend call
+
+
 class SchedulerMetrics(Protocol):
     """What the core reports; the server implements it with Prometheus."""
 
@@ -58,4 +80,4 @@ class NoMetrics:
         pass
 
 
-__all__ = ["EmbedRequest", "EmbedResult", "NoMetrics", "SchedulerMetrics"]
+__all__ = ["EmbedRequest", "EmbedResult", "NoMetrics", "Ranking", "RerankRequest", "SchedulerMetrics"]

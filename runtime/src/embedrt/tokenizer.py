@@ -32,9 +32,15 @@ CHARS_PER_TOKEN = 8
 
 @dataclass(frozen=True, eq=False)
 class Encoded:
-    """One tokenized text: post-processed, truncated int64 ids (the mask is all ones)."""
+    """One tokenized input: post-processed, truncated int64 ids (the mask is all ones).
+
+    ``type_ids``: token type ids of the same length, for inputs made of two segments (a text-pair
+    reranker's query and document); ``truncated``: tokens were cut to fit the model's maximum length.
+    """
 
     ids: np.ndarray
+    type_ids: np.ndarray | None = None
+    truncated: bool = False
 
     @property
     def length(self) -> int:
@@ -49,26 +55,32 @@ def validate_texts(texts: Sequence[str]) -> list[str]:
         raise InvalidInputError(f"pass a list of strings, not {type(texts).__name__}")
     out = list(texts)
     for i, text in enumerate(out):
-        if not isinstance(text, str):
-            raise InvalidTextError(i, f"is {type(text).__name__}, not str; pass text only")
-        if not text.isascii():
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from a bad JSON escape "\ud800"
-                raise InvalidTextError(i, f"is not valid UTF-8 text: a lone surrogate "
-                                       f"U+{ord(text[exc.start]):04X} at character {exc.start}") from None
+        problem = text_problem(text)
+        if problem:
+            raise InvalidTextError(i, problem)
     return out
+
+
+def text_problem(text: object) -> str | None:
+    """Why ``text`` is no text a tokenizer takes (as a phrase: "is int, not str; ..."), or None."""
+    if not isinstance(text, str):
+        return f"is {type(text).__name__}, not str; pass text only"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from a bad JSON escape "\ud800"
+            return (f"is not valid UTF-8 text: a lone surrogate U+{ord(text[exc.start]):04X} "
+                    f"at character {exc.start}")
+    return None
 
 
 class TextTokenizer:
     """Thread-safe: the underlying tokenizers are configured once and never mutated afterwards."""
 
-    def __init__(self, artefact: Path, manifest: Manifest) -> None:
-        path = Path(artefact) / "tokenizer.json"
-        if not path.is_file():
-            raise ArtefactError(f"{path} is missing; the artefact is incomplete, re-export the model")
-        self._json = path.read_text(encoding="utf-8")
-        self.max_length = manifest.max_length
+    def __init__(self, artefact: Path, manifest: Manifest, max_length: int | None = None) -> None:
+        """``max_length``: tokens per text, special tokens included (default: the manifest's)."""
+        self._json = read_tokenizer_json(artefact)
+        self.max_length = manifest.max_length if max_length is None else max_length
         self._truncating = self._build(truncate=True)
         self._untruncated: Tokenizer | None = None  # built on first over-long text with truncate=False
         self._lock = threading.Lock()
@@ -98,7 +110,7 @@ class TextTokenizer:
                 if enc.overflowing:
                     cut = cuts[i] < len(texts[i])
                     raise InputTooLongError(i, self.count_tokens(texts[i][:cuts[i]]), self.max_length, at_least=cut)
-        return [Encoded(np.asarray(enc.ids, dtype=np.int64)) for enc in encodings]
+        return [Encoded(np.asarray(enc.ids, dtype=np.int64), truncated=bool(enc.overflowing)) for enc in encodings]
 
     def token_id_format(self) -> TokenIdFormat | None:
         """How client-sent token ids become model input for this tokenizer (``TokenIdFormat.probe``)."""
@@ -110,6 +122,27 @@ class TextTokenizer:
             if self._untruncated is None:
                 self._untruncated = self._build(truncate=False)
         return len(self._untruncated.encode(text).ids)
+
+
+def read_tokenizer_json(artefact: Path) -> str:
+    """The artefact's ``tokenizer.json``, or ArtefactError."""
+    path = Path(artefact) / "tokenizer.json"
+    if not path.is_file():
+        raise ArtefactError(f"{path} is missing; the artefact is incomplete, re-export the model")
+    return path.read_text(encoding="utf-8")
+
+
+def settled_cut(tok: Tokenizer, text: str, max_length: int) -> int:
+    """How many leading characters of ``text`` give its first ``max_length`` tokens exactly (``tok``
+    truncates at ``max_length``): the whole text when it is short, else a cut widened until settled."""
+    cut = min(len(text), max_length * CHARS_PER_TOKEN)
+    if cut == len(text):
+        return cut
+    encoding = tok.encode(text[:cut])
+    while not _settled(encoding, cut, len(text)):
+        cut = min(len(text), cut * 2)
+        encoding = tok.encode(text[:cut])
+    return cut
 
 
 def _settled(encoding: Any, cut: int, length: int) -> bool:
@@ -174,4 +207,5 @@ class TokenIdFormat:
         return out
 
 
-__all__ = ["CHARS_PER_TOKEN", "Encoded", "TextTokenizer", "TokenIdFormat", "validate_texts"]
+__all__ = ["CHARS_PER_TOKEN", "Encoded", "TextTokenizer", "TokenIdFormat", "read_tokenizer_json", "settled_cut",
+           "text_problem", "validate_texts"]

@@ -29,6 +29,7 @@ def export_options(args: argparse.Namespace) -> ExportOptions:
         revision=args.revision,
         overwrite=args.overwrite,
         attention=args.attention,
+        task=args.task,
     )
 
 

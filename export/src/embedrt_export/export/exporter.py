@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -21,6 +21,10 @@ from .artefact import checksums, staging_dir
 from .reference import Reference
 from .source import content_hash, resolve_model_dir
 from .spec import ModelSpec, detect_spec
+from .task import resolve_task
+
+if TYPE_CHECKING:
+    from .rerank_reference import RerankReference
 
 DTYPES = ("fp32", "fp16")
 ATTENTION = ("auto", "fused", "eager", "both")
@@ -38,6 +42,7 @@ class ExportOptions:
     # auto: the fused graph as default plus its eager twin where the family is covered, else eager;
     # fused / eager: that graph alone; both: as auto, but fail where fused is not available.
     attention: str = "auto"
+    task: str = "auto"  # auto | embed | rerank; auto: read from the checkpoint (task.py)
 
 
 def _versions() -> dict[str, str]:
@@ -95,18 +100,15 @@ def export_model(
 
 def _export(stage: Path, model: str, options: ExportOptions, log: Callable[[str], None], started: float) -> Manifest:
     model_dir, revision = resolve_model_dir(model, options.revision)
-    spec = _spec(model_dir, options.max_length)
+    task = resolve_task(model, model_dir, options.task)
+    spec = _spec(model_dir, options.max_length, task)
     forms = _forms(spec, options.attention)
-    log(f"model: {model_dir} ({spec.architecture}, hidden {spec.hidden_size}, pooling {spec.pooling}, "
+    if task == "rerank" and options.with_hidden_states:
+        raise ExportError("--with-hidden-states is for embedding models; a reranker's graph outputs scores")
+    what = f"pooling {spec.pooling}" if task == "embed" else f"reranker, {_describe(spec)}"
+    log(f"model: {model_dir} ({spec.architecture}, hidden {spec.hidden_size}, {what}, "
         f"max length {spec.max_length}); graphs: {' + '.join(forms)} attention")
-    ref = Reference(model_dir, spec)
-    texts = parity.parity_texts(lambda t: spec.prompts.format_query(t))
-    texts.append(parity.long_text(ref.count_tokens, spec.max_length))
-    long_index = len(texts) - 1
-    ref.check_runtime_tokenizer(model_dir, texts)
-    log(f"reference: PyTorch FP32 on {len(texts)} parity texts")
-    reference = ref.embed_alone(texts)
-    gate = _Gate(texts, reference, ref.tokenize, long_index, log)
+    ref, gate = _reference(model_dir, spec, log)
 
     written: dict[str, dict[str, GraphFile]] = {}
     for form in forms:
@@ -135,13 +137,47 @@ def _export(stage: Path, model: str, options: ExportOptions, log: Callable[[str]
     return manifest
 
 
-def _spec(model_dir: Path, max_length: int | None) -> ModelSpec:
+def _spec(model_dir: Path, max_length: int | None, task: str) -> ModelSpec:
     try:
-        return detect_spec(model_dir, max_length)
+        return detect_spec(model_dir, max_length, task)
     except (KeyError, TypeError, ValueError) as exc:  # a config.json field missing or of the wrong type
         detail = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
         raise ExportError(f"the configuration in {model_dir} does not describe a usable model ({detail}); "
                           "fix config.json or re-save the checkpoint with save_pretrained()") from exc
+
+
+def _describe(spec: ModelSpec) -> str:
+    assert spec.rerank is not None
+    if spec.rerank.label_token_ids:
+        return "score = sigmoid(logit(yes) - logit(no)) at the last token"
+    return f"score = {spec.rerank.activation}(classifier logit)"
+
+
+class Gate(Protocol):
+    """A parity gate: embedders' (cosine, ``_Gate``) or rerankers' (score, ``rerank_parity.RerankGate``)."""
+
+    def measure(self, path: Path, precision: str, sides: Sequence[str]) -> dict[str, Any]: ...
+
+    def check(self, report: dict[str, Any]) -> None: ...
+
+
+def _reference(model_dir: Path, spec: ModelSpec,
+               log: Callable[[str], None]) -> tuple[Reference | RerankReference, Gate]:
+    """The PyTorch model (traced by ``_trace``) and the parity gate built on it, for the spec's task."""
+    if spec.task == "rerank":
+        from .rerank_parity import RerankGate
+        from .rerank_reference import RerankReference
+
+        rerank_ref = RerankReference(model_dir, spec)
+        return rerank_ref, RerankGate.prepare(rerank_ref, model_dir, log)
+    ref = Reference(model_dir, spec)
+    texts = parity.parity_texts(lambda t: spec.prompts.format_query(t))
+    texts.append(parity.long_text(ref.count_tokens, spec.max_length))
+    long_index = len(texts) - 1
+    ref.check_runtime_tokenizer(model_dir, texts)
+    log(f"reference: PyTorch FP32 on {len(texts)} parity texts")
+    reference = ref.embed_alone(texts)
+    return ref, _Gate(texts, reference, ref.tokenize, long_index, log)
 
 
 @dataclass(frozen=True)
@@ -161,19 +197,31 @@ class _Gate:
                  f"{report['threshold_min_cosine']}), mean {report['mean_cosine']:.7f}")
         return report
 
+    @staticmethod
+    def check(report: dict[str, Any]) -> None:
+        parity.check(report)
 
-def _trace(ref: Reference, spec: ModelSpec, options: ExportOptions, form: str, log: Callable[[str], None]):
+
+def _trace(ref: Reference | RerankReference, spec: ModelSpec, options: ExportOptions, form: str,
+           log: Callable[[str], None]):
     import torch
 
+    from .rerank_wrapper import OUTPUTS, rerank_graph
     from .wrapper import EmbeddingGraph
 
     opset = fused.OPSET if form == "fused" else options.opset
     # SDPA is what the exporter's fusions recognise as attention; eager exports plain MatMul / Softmax.
     ref.model.set_attn_implementation("sdpa" if form == "fused" else "eager")
     log(f"exporting the {form} graph with torch.onnx (dynamo, opset {opset})")
-    graph = EmbeddingGraph(ref.model, spec.pooling, spec.normalize, options.with_hidden_states).eval()
-    with torch.no_grad():
-        proto = onnx_export.export_graph(graph, int(ref.model.config.vocab_size), opset, options.with_hidden_states)
+    vocab = int(ref.model.config.vocab_size)
+    if spec.rerank is not None:
+        graph = rerank_graph(ref.model, spec.rerank.label_token_ids, spec.rerank.activation).eval()
+        with torch.no_grad():
+            proto = onnx_export.export_graph(graph, vocab, opset, False, spec.inputs, OUTPUTS)
+    else:
+        graph = EmbeddingGraph(ref.model, spec.pooling, spec.normalize, options.with_hidden_states).eval()
+        with torch.no_grad():
+            proto = onnx_export.export_graph(graph, vocab, opset, options.with_hidden_states)
     ref.model.set_attn_implementation("eager")
     if form == "fused":
         assert spec.fused_ops is not None
@@ -184,8 +232,8 @@ def _trace(ref: Reference, spec: ModelSpec, options: ExportOptions, form: str, l
     return proto
 
 
-def _export_form(stage: Path, ref: Reference, spec: ModelSpec, options: ExportOptions, form: str, gate: _Gate,
-                 main: dict[str, GraphFile] | None, log: Callable[[str], None]) -> dict[str, GraphFile]:
+def _export_form(stage: Path, ref: Reference | RerankReference, spec: ModelSpec, options: ExportOptions, form: str,
+                 gate: Gate, main: dict[str, GraphFile] | None, log: Callable[[str], None]) -> dict[str, GraphFile]:
     """Trace one form (fused / eager), write its FP32 and FP16 graphs and gate each; ``main``: the
     default form's graphs, whose weights this one shares."""
     import onnx
@@ -205,7 +253,7 @@ def _export_form(stage: Path, ref: Reference, spec: ModelSpec, options: ExportOp
     del proto
     gc.collect()
     report = gate.measure(fp32_path, "fp32", sides)
-    parity.check(report)
+    gate.check(report)
     graphs["fp32"] = GraphFile(file=fp32_path.name, precision="fp32", sha256="", external_data=side,
                                parity=report, **extra)
     if "fp16" not in options.dtypes:
@@ -226,7 +274,7 @@ def _export_form(stage: Path, ref: Reference, spec: ModelSpec, options: ExportOp
         if report["passed"] or i == len(plans) - 1:
             break
         log(f"  the {plan} FP16 plan misses the gate; keeping more in FP32")
-    parity.check(report)
+    gate.check(report)
     report = {**report, "fp32_islands": plan}
     graphs["fp16"] = GraphFile(file=fp16_path.name, precision="fp16", sha256="", external_data=side16,
                                parity=report, **extra)
@@ -241,8 +289,11 @@ ISLANDS = {
 
 def _manifest(spec: ModelSpec, options: ExportOptions, model: str, model_dir: Path, revision: str | None,
               graphs: dict[str, GraphFile], files: dict[str, str], started: float, forms: tuple[str, ...]) -> Manifest:
-    outputs = [TensorSpec("sentence_embedding", "float32", ("batch", spec.hidden_size)),
-               TensorSpec("embedding_norm", "float32", ("batch",))]
+    if spec.task == "rerank":
+        outputs = [TensorSpec("score", "float32", ("batch",)), TensorSpec("logit", "float32", ("batch",))]
+    else:
+        outputs = [TensorSpec("sentence_embedding", "float32", ("batch", spec.hidden_size)),
+                   TensorSpec("embedding_norm", "float32", ("batch",))]
     if options.with_hidden_states:
         outputs.append(TensorSpec("last_hidden_state", "float32", ("batch", "sequence", spec.hidden_size)))
     name = options.name or Path(model.rstrip("/")).name.lower()
@@ -258,9 +309,10 @@ def _manifest(spec: ModelSpec, options: ExportOptions, model: str, model_dir: Pa
         end_of_text=spec.end_of_text,
         prompts=spec.prompts,
         matryoshka=spec.matryoshka,
-        inputs=(TensorSpec("input_ids", "int64", ("batch", "sequence")),
-                TensorSpec("attention_mask", "int64", ("batch", "sequence"))),
+        inputs=tuple(TensorSpec(name, "int64", ("batch", "sequence")) for name in spec.inputs),
         outputs=tuple(outputs),
+        task=spec.task,
+        rerank=spec.rerank,
         graphs=graphs,
         tokenizer_files=spec.tokenizer_files,
         source={"model": model, "revision": revision, "content_sha256": content_hash(model_dir),

@@ -30,25 +30,29 @@ def output_names(with_hidden_states: bool) -> tuple[str, ...]:
     return ("sentence_embedding", "embedding_norm") + (("last_hidden_state",) if with_hidden_states else ())
 
 
-def export_graph(module: torch.nn.Module, vocab_size: int, opset: int, with_hidden_states: bool) -> onnx.ModelProto:
-    """Trace ``module`` (an ``EmbeddingGraph``) into an FP32 ModelProto with dynamic batch/sequence."""
+def export_graph(module: torch.nn.Module, vocab_size: int, opset: int, with_hidden_states: bool,
+                 inputs: tuple[str, ...] = INPUT_NAMES, outputs: tuple[str, ...] | None = None) -> onnx.ModelProto:
+    """Trace ``module`` (an ``EmbeddingGraph``, or a reranker graph with its ``inputs`` / ``outputs``) into
+    an FP32 ModelProto with dynamic batch/sequence."""
     generator = torch.Generator().manual_seed(0)
     # Batch 2 and length 11: neither is 0 or 1, so torch.export does not specialise them.
     input_ids = torch.randint(0, vocab_size, (2, 11), generator=generator)
     attention_mask = torch.ones_like(input_ids)
     attention_mask[1, 8:] = 0
+    examples = {"input_ids": input_ids, "attention_mask": attention_mask,
+                "token_type_ids": (torch.arange(11) >= 5).to(torch.int64).expand(2, 11).contiguous()}
     batch = torch.export.Dim("batch")
     sequence = torch.export.Dim("sequence")
-    dynamic = {"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}}
+    dynamic = {name: {0: batch, 1: sequence} for name in inputs}
     quiet = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), _quiet_loggers():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             module,
-            (input_ids, attention_mask),
+            tuple(examples[name] for name in inputs),
             dynamo=True,
-            input_names=list(INPUT_NAMES),
-            output_names=list(output_names(with_hidden_states)),
+            input_names=list(inputs),
+            output_names=list(outputs or output_names(with_hidden_states)),
             dynamic_shapes=dynamic,
             opset_version=opset,
             optimize=True,

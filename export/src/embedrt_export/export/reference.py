@@ -84,11 +84,12 @@ _UNUSED_MISSING = ("pooler.",)
 _UNUSED_EXTRA = ("lm_head.", "cls.", "classifier.", "score.", "qa_outputs.", "pooler.")
 
 
-def load_weights(load: Callable[..., Any], model_dir: Path) -> Any:
+def load_weights(load: Callable[..., Any], model_dir: Path, allow_missing: tuple[str, ...] = _UNUSED_MISSING) -> Any:
     """``load(**kw)`` is ``from_pretrained``; refuse a checkpoint whose weights do not cover the model.
 
     transformers fills missing weights with random values and only logs it: an export would pass
     parity (the reference has the same random weights) and ship a partly random model.
+    ``allow_missing``: prefixes of weights the export does not use (BERT's pooler for an embedder).
     """
     # Quiet while loading: the load report (we say what matters in one line) and tensor-parallel
     # notes ("layers were not sharded"), which mean nothing for a single-device export.
@@ -103,7 +104,7 @@ def load_weights(load: Callable[..., Any], model_dir: Path) -> Any:
     finally:
         for logger, level in zip(quiet, levels, strict=True):
             logger.setLevel(level)
-    missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(_UNUSED_MISSING))
+    missing = sorted(k for k in info.get("missing_keys", ()) if not (allow_missing and k.startswith(allow_missing)))
     extra = sorted(k for k in info.get("unexpected_keys", ()) if not k.startswith(_UNUSED_EXTRA))
     mismatched = sorted(f"{k[0]} (checkpoint {tuple(k[1])}, model {tuple(k[2])})" if isinstance(k, tuple) else str(k)
                         for k in info.get("mismatched_keys", ()))

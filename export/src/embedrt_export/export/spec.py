@@ -1,4 +1,4 @@
-"""What kind of embedding model a checkpoint is: read from its files, recorded as data.
+"""What kind of model a checkpoint is: read from its files, recorded as data.
 
 sentence-transformers metadata wins where present (``modules.json``, ``1_Pooling/config.json``,
 ``config_sentence_transformers.json``, ``sentence_bert_config.json``); otherwise defaults per
@@ -8,11 +8,11 @@ sentence-transformers metadata wins where present (``modules.json``, ``1_Pooling
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from embedrt.manifest import EndOfText, Prompts
+from embedrt.manifest import EndOfText, Prompts, RerankSpec
 
 from ..errors import ExportError
 
@@ -70,6 +70,9 @@ class ModelSpec:
     padding_sides: tuple[str, ...]
     layers: int = 0
     fused_ops: dict[str, int] | None = None  # op counts the fused graph must hold; None: not covered
+    task: str = "embed"  # "embed" | "rerank" (task.py decides)
+    rerank: RerankSpec | None = None  # with task "rerank" (rerank_spec.py)
+    inputs: tuple[str, ...] = ("input_ids", "attention_mask")  # graph inputs, in order
 
 
 def _read_json(path: Path) -> dict[str, Any] | list[Any] | None:
@@ -108,8 +111,8 @@ def _query_prompt(model_dir: Path) -> tuple[str | None, str | None]:
     return prompt + "{text}", None
 
 
-def detect_spec(model_dir: Path, max_length: int | None = None) -> ModelSpec:
-    """Read a checkpoint directory and describe it (pooling, prompts, limits) as data."""
+def detect_spec(model_dir: Path, max_length: int | None = None, task: str = "embed") -> ModelSpec:
+    """Read a checkpoint directory and describe it (pooling, prompts, limits) as data, for ``task``."""
     config = _read_json(model_dir / "config.json")
     if not isinstance(config, dict):
         raise ExportError(f"{model_dir} has no readable config.json")
@@ -122,7 +125,7 @@ def detect_spec(model_dir: Path, max_length: int | None = None) -> ModelSpec:
         raise ExportError(f"{model_dir} has no tokenizer.json (a fast tokenizer is required by the runtime)")
 
     st_pooling, st_normalize = _pooling_from_st(model_dir)
-    template, task = _query_prompt(model_dir)
+    template, instruction = _query_prompt(model_dir)
     tok_cfg = _read_json(model_dir / "tokenizer_config.json") or {}
     st_cfg = _read_json(model_dir / "sentence_bert_config.json") or {}
     assert isinstance(tok_cfg, dict) and isinstance(st_cfg, dict)
@@ -134,7 +137,7 @@ def detect_spec(model_dir: Path, max_length: int | None = None) -> ModelSpec:
         raise ExportError(f"--max-length {chosen} exceeds the model's {limit} positions")
 
     hidden = int(config["hidden_size"])
-    eot = _end_of_text(model_dir, family.causal)
+    eot = _end_of_text(model_dir, family.causal) if task == "embed" else EndOfText()
     pad = tok_cfg.get("pad_token")
     pad_id = _token_id(model_dir, pad) if isinstance(pad, str) else config.get("pad_token_id")
     tokenizer_files = tuple(
@@ -143,9 +146,10 @@ def detect_spec(model_dir: Path, max_length: int | None = None) -> ModelSpec:
                      "vocab.json", "merges.txt")
         if (model_dir / name).is_file()
     )
-    return ModelSpec(
+    architecture = (config.get("architectures") or [model_type])[0]
+    spec = ModelSpec(
         model_type=model_type,
-        architecture=(config.get("architectures") or [model_type])[0],
+        architecture=architecture,
         hidden_size=hidden,
         max_length=chosen,
         pooling=st_pooling or family.pooling,
@@ -154,13 +158,18 @@ def detect_spec(model_dir: Path, max_length: int | None = None) -> ModelSpec:
         pad_token_id=int(pad_id if pad_id is not None else 0),
         end_of_text=eot,
         prompts=Prompts(query=template or family.query_template, document="{text}",
-                        default_instruction=task or family.default_instruction),
+                        default_instruction=instruction or family.default_instruction),
         matryoshka=(family.matryoshka_min, hidden) if family.matryoshka_min else None,
         tokenizer_files=tokenizer_files,
         padding_sides=family.padding_sides,
         layers=int(config.get("num_hidden_layers", 0)),
         fused_ops=_fused_ops(family, int(config.get("num_hidden_layers", 0))),
     )
+    if task == "embed":
+        return spec
+    from .rerank_spec import rerank_fields
+
+    return replace(spec, **rerank_fields(model_dir, config, model_type, architecture))
 
 
 def _fused_ops(family: FamilyDefaults, layers: int) -> dict[str, int] | None:

@@ -129,6 +129,11 @@ def quantize_artefact(artefact: str | Path, options: QuantizeOptions = QuantizeO
     """Add the INT8 graphs (Q/DQ for TensorRT, per-token u8s8 for CPU) to ``artefact``; returns the new manifest."""
     root = Path(artefact).resolve()
     manifest = load_manifest(root)
+    if manifest.task != "embed":
+        raise QuantizationError(
+            f"{root} is a {manifest.task} model; embedrt quantize makes INT8 graphs of embedding models only so far "
+            "(its quality gate compares embeddings; a reranker's needs a ranking gate on query-document lists). "
+            "Serve this artefact's fp16 or fp32 graph")
     fp32 = root / manifest.graph("fp32").file
     _calibrate_method(options.method)
     if not (options.qdq_graph or options.cpu_variant):

@@ -9,6 +9,7 @@ byte-level BPE trained on a built-in corpus; like Qwen3-Embedding's, its post-pr
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -78,8 +79,14 @@ QWEN2_SPLIT = (
 )
 
 
-def build_tokenizer(vocab_size: int) -> Tokenizer:
-    """Train a byte-level BPE on the built-in corpus and wire it like Qwen3's tokenizer."""
+def build_tokenizer(vocab_size: int, extra_corpus: Sequence[str] = (), added: Sequence[str] = (),
+                    append_end_of_text: bool = True) -> Tokenizer:
+    """Train a byte-level BPE on the built-in corpus and wire it like Qwen3's tokenizer.
+
+    ``added``: ordinary added tokens after the special ones (Qwen3's ``<think>``, ``</think>``).
+    ``append_end_of_text`` False: the post-processor appends nothing, as in the base Qwen3 tokenizer
+    that Qwen3-Reranker ships (only Qwen3-Embedding's appends ``<|endoftext|>``).
+    """
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
@@ -90,12 +97,17 @@ def build_tokenizer(vocab_size: int) -> Tokenizer:
     ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - 3,
+        vocab_size=vocab_size - 3 - len(added),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(CORPUS * 4, trainer=trainer)
+    tok.train_from_iterator(CORPUS * 4 + list(extra_corpus), trainer=trainer)
     tok.add_special_tokens([ENDOFTEXT, IM_START, IM_END])
+    if added:
+        tok.add_tokens(list(added))
+    if not append_end_of_text:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+        return tok
     eot = tok.token_to_id(ENDOFTEXT)
     tok.post_processor = processors.TemplateProcessing(
         single=f"$A:0 {ENDOFTEXT}:0",

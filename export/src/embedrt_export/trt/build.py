@@ -68,6 +68,7 @@ class _Network:
     builder: Any
     network: Any
     parser: Any
+    inputs: tuple[str, ...] = INPUTS  # the graph's inputs in order (a cross-encoder adds token_type_ids)
 
 
 def current_gpu() -> Any | None:
@@ -96,10 +97,10 @@ def parse_network(flavour: BuilderFlavour, onnx_path: Path) -> _Network:
     if not ok or errors:
         listed = "\n  ".join(errors) or "; ".join(logger.errors) or "no detail"
         raise ExportError(f"{flavour.name} {flavour.version} cannot parse {onnx_path.name}:\n  {listed}")
-    names = {network.get_input(i).name for i in range(network.num_inputs)}
-    if not set(INPUTS) <= names:
-        raise ExportError(f"{onnx_path.name} lacks inputs {sorted(set(INPUTS) - names)}; re-export the model")
-    return _Network(logger, builder, network, parser)
+    names = tuple(network.get_input(i).name for i in range(network.num_inputs))
+    if not set(INPUTS) <= set(names):
+        raise ExportError(f"{onnx_path.name} lacks inputs {sorted(set(INPUTS) - set(names))}; re-export the model")
+    return _Network(logger, builder, network, parser, names)
 
 
 def onnx_errors(parser: Any) -> list[str]:
@@ -162,7 +163,7 @@ def build_plan(flavour: BuilderFlavour, net: _Network, profiles: tuple[ProfileSh
     facts: dict[str, Any] = {"tf32": configure_precision(trt, config, key.precision)}
     for profile in profiles:
         shape = net.builder.create_optimization_profile()
-        for name in INPUTS:
+        for name in net.inputs:  # every [batch, sequence] input takes the profile's shapes
             shape.set_shape(name, profile.min, profile.opt, profile.max)
         if config.add_optimization_profile(shape) < 0:
             raise ExportError(f"TensorRT rejected profile {profile.describe()}")

@@ -2,12 +2,13 @@
 
 Every text runs alone, and all texts together through the runtime's own batcher (sorted, bucketed,
 padded on the manifest's side, split by the engine's profiles), exactly as serving will run them.
-Each result is compared with ONNX Runtime's FP32 vector of that text alone.
+Each result is compared with ONNX Runtime's FP32 vector of that text alone. A reranker's engine is
+checked the same way on the export's parity pairs, by the largest absolute score difference.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ ENGINE_TOLERANCE: dict[str, tuple[str, float]] = {
     "fp16": ("min_cosine", 0.999),
     "int8": ("mean_cosine", 0.99),  # quantization moves every vector a little; the mean is the promise
 }
+# Rerankers: the largest |score - ORT FP32 score| over the parity pairs.
+RERANK_ENGINE_TOLERANCE: dict[str, float] = {"fp32": 5e-4, "fp16": 2e-3}
 
 
 def _query(manifest: Manifest) -> Callable[[str], str]:
@@ -35,16 +38,26 @@ def _query(manifest: Manifest) -> Callable[[str], str]:
     return prompts.format_query
 
 
-def _embed(backend: Any, items: list[np.ndarray], manifest: Manifest, batched: bool) -> np.ndarray:
+Item = tuple[np.ndarray, np.ndarray | None]  # token ids, and token type ids where the graph takes them
+
+
+def _batches(backend: Any, items: list[Item], manifest: Manifest, batched: bool) -> Iterator[tuple[list[int], Any]]:
+    """(indices, Batch): alone, no padding at all; batched, as the runtime's batcher pads and splits."""
     from embedrt.batching import collate, plan
 
+    groups = (plan([len(ids) for ids, _ in items], BatchingConfig(), backend.limits()) if batched
+              else [_Single(i, len(items[i][0])) for i in range(len(items))])
+    for group in groups:
+        chosen = [items[i] for i in group.indices]
+        types = [t for _, t in chosen] if all(t is not None for _, t in chosen) else None
+        yield list(group.indices), collate([ids for ids, _ in chosen], group.sequence, manifest.pad_token_id,
+                                           manifest.padding_side, types)  # type: ignore[arg-type]
+
+
+def _embed(backend: Any, items: list[Item], manifest: Manifest, batched: bool) -> np.ndarray:
     out = np.empty((len(items), manifest.hidden_size), dtype=np.float32)
-    groups = (plan([len(i) for i in items], BatchingConfig(), backend.limits()) if batched
-              else [_Single(i, len(items[i])) for i in range(len(items))])
-    for group in groups:  # alone: no padding at all; batched: padded to the batcher's bucket
-        batch = collate([items[i] for i in group.indices], group.sequence, manifest.pad_token_id,
-                        manifest.padding_side)
-        out[list(group.indices)] = backend.run(batch)["sentence_embedding"]
+    for indices, batch in _batches(backend, items, manifest, batched):
+        out[indices] = backend.run(batch)["sentence_embedding"]
     return out
 
 
@@ -55,32 +68,40 @@ class _Single:
 
 def verify_plan(artefact: Path, manifest: Manifest, trt: Any, record: EngineRecord, plan: bytes | memoryview,
                 log: Callable[[str], None]) -> dict[str, Any]:
-    from embedrt.backends.onnxruntime import OnnxRuntimeBackend
     from embedrt.backends.tensorrt import TensorRTBackend
     from embedrt.backends.trt_loader import given_plan
-    from embedrt.tokenizer import TextTokenizer
 
-    tokenizer = TextTokenizer(artefact, manifest)
-    texts = parity_texts(_query(manifest))
-    texts.append(long_text(tokenizer.count_tokens, manifest.max_length))
-    items = [e.ids for e in tokenizer.encode(texts, truncate=True)]
-    ref_precision = "fp32" if "fp32" in manifest.graphs else record.key.precision
-    with OnnxRuntimeBackend(artefact, manifest, BackendConfig(precision=ref_precision, device="cpu")) as ort:
-        reference = _embed(ort, items, manifest, batched=False)
     engine = TensorRTBackend(artefact, manifest, BackendConfig(precision=record.key.precision, device="cuda"),
                              loader=given_plan(trt, record, plan))
+    return compare_backend(artefact, manifest, record.key.precision, engine, log)
+
+
+def compare_backend(artefact: Path, manifest: Manifest, precision: str, engine: Any,
+                    log: Callable[[str], None]) -> dict[str, Any]:
+    """``engine`` (a Backend, not yet open; closed here) against ONNX Runtime FP32 on the CPU."""
+    from embedrt.backends.onnxruntime import OnnxRuntimeBackend
+
+    rerank = manifest.task == "rerank"
+    items, labels = _rerank_items(artefact, manifest) if rerank else _text_items(artefact, manifest)
+    run = _scores if rerank else _embed
+    ref_precision = "fp32" if "fp32" in manifest.graphs else precision
+    with OnnxRuntimeBackend(artefact, manifest, BackendConfig(precision=ref_precision, device="cpu")) as ort:
+        reference = run(ort, items, manifest, batched=False)
     try:
         engine.open()
-        modes = {"single": _embed(engine, items, manifest, batched=False),
-                 "batched": _embed(engine, items, manifest, batched=True)}
+        modes = {"single": run(engine, items, manifest, batched=False),
+                 "batched": run(engine, items, manifest, batched=True)}
         gpu = engine.describe().gpu or "?"
     finally:
         engine.close()
+    if rerank:
+        return _score_report(precision, ref_precision, gpu, labels, reference, modes, log)
+    texts = labels
     cosines = np.stack([np.einsum("ij,ij->i", vectors, reference) for vectors in modes.values()])
     mode_i, text_i = np.unravel_index(np.argmin(cosines), cosines.shape)
-    metric, threshold = ENGINE_TOLERANCE[record.key.precision]
+    metric, threshold = ENGINE_TOLERANCE[precision]
     report = {
-        "precision": record.key.precision,
+        "precision": precision,
         "reference": f"onnxruntime-{ref_precision}-cpu",
         "gpu": gpu,
         "texts": len(texts),
@@ -101,12 +122,72 @@ def verify_plan(artefact: Path, manifest: Manifest, trt: Any, record: EngineReco
 
 def check(report: dict[str, Any]) -> None:
     if not report["passed"]:
+        gated = report["gated_on"]
+        relation, what = (">", "pair") if gated == "max_abs_score_diff" else ("<", "text")
         raise ParityError(
-            f"{report['precision']} engine fails parity, so it was not installed: {report['gated_on']} "
-            f"{report[report['gated_on']]:.6f} < {report['threshold']} (worst: text {report['worst_text_index']} "
-            f"{report['worst_text']!r}, {report['worst_mode']})",
+            f"{report['precision']} engine fails parity, so it was not installed: {gated} {report[gated]:.6f} "
+            f"{relation} {report['threshold']} (worst: {what} {report[f'worst_{what}_index']} "
+            f"{report[f'worst_{what}']!r}, {report['worst_mode']})",
             report,
         )
 
 
-__all__ = ["ENGINE_TOLERANCE", "check", "verify_plan"]
+def _text_items(artefact: Path, manifest: Manifest) -> tuple[list[Item], list[str]]:
+    from embedrt.tokenizer import TextTokenizer
+
+    tokenizer = TextTokenizer(artefact, manifest)
+    texts = parity_texts(_query(manifest))
+    texts.append(long_text(tokenizer.count_tokens, manifest.max_length))
+    return [(e.ids, None) for e in tokenizer.encode(texts, truncate=True)], texts
+
+
+def _rerank_items(artefact: Path, manifest: Manifest) -> tuple[list[Item], list[str]]:
+    """The export's parity pairs, tokenized as the export's gate tokenized them (``PairEncoder``)."""
+    from ..export.rerank_parity import parity_pairs
+    from ..export.rerank_reference import PairEncoder
+
+    assert manifest.rerank is not None
+    types = "token_type_ids" in manifest.input_names
+    encoder = PairEncoder(artefact / "tokenizer.json", manifest.rerank.prompt, manifest.max_length,
+                          manifest.pad_token_id, types)
+    pairs, _ = parity_pairs(encoder.count, manifest.max_length, manifest.rerank.prompt.takes_instruction)
+    items = []
+    for pair in pairs:
+        ids, type_ids = encoder.encode(pair)
+        items.append((np.asarray(ids, np.int64), np.asarray(type_ids, np.int64) if types else None))
+    return items, [f"{p.query[:40]} | {p.document[:40]}" for p in pairs]
+
+
+def _scores(backend: Any, items: list[Item], manifest: Manifest, batched: bool) -> np.ndarray:
+    out = np.empty(len(items), dtype=np.float32)
+    for indices, batch in _batches(backend, items, manifest, batched):
+        out[indices] = backend.run(batch)["score"]
+    return out
+
+
+def _score_report(precision: str, ref_precision: str, gpu: str, pairs: list[str], reference: np.ndarray,
+                  modes: dict[str, np.ndarray], log: Callable[[str], None]) -> dict[str, Any]:
+    diffs = np.abs(np.stack(list(modes.values())) - reference[None, :])
+    mode_i, pair_i = (int(i) for i in np.unravel_index(np.argmax(diffs), diffs.shape))
+    threshold = RERANK_ENGINE_TOLERANCE[precision]
+    report = {
+        "precision": precision,
+        "reference": f"onnxruntime-{ref_precision}-cpu",
+        "gpu": gpu,
+        "pairs": len(pairs),
+        "max_abs_score_diff": float(diffs.max()),
+        "mean_abs_score_diff": float(diffs.mean()),
+        "per_mode_max_abs_score_diff": {m: float(d.max()) for m, d in zip(modes, diffs, strict=True)},
+        "worst_pair_index": pair_i,
+        "worst_pair": pairs[pair_i],
+        "worst_mode": list(modes)[mode_i],
+        "gated_on": "max_abs_score_diff",
+        "threshold": threshold,
+        "passed": bool(diffs.max() <= threshold),
+    }
+    log(f"  parity vs {report['reference']}: max |Δscore| {report['max_abs_score_diff']:.2e} "
+        f"(<= {threshold}: {'pass' if report['passed'] else 'FAIL'})")
+    return report
+
+
+__all__ = ["ENGINE_TOLERANCE", "RERANK_ENGINE_TOLERANCE", "check", "compare_backend", "verify_plan"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Generator, Iterable
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -11,8 +11,12 @@ from types import TracebackType
 import numpy as np
 
 from ..config import BackendConfig
+from ..errors import ArtefactError
 from ..info import BackendInfo
 from ..manifest import Manifest
+
+# The graph inputs a Batch carries, by name (a manifest's ``inputs`` are some of these, in its order).
+BATCH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @dataclass(frozen=True)
@@ -21,16 +25,37 @@ class Batch:
 
     ``input_ids`` and ``attention_mask`` are int64 ``[rows, sequence]``, padded on the manifest's
     padding side to a bucketed sequence length; ``lengths`` holds each row's real token count.
+    ``token_type_ids`` (same shape, 0 on padding) is there for the graphs that take it: BERT-family
+    cross-encoders, whose tokenizer marks the document's tokens 1.
     """
 
     input_ids: np.ndarray
     attention_mask: np.ndarray
     lengths: np.ndarray
+    token_type_ids: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
         rows, seq = self.input_ids.shape
         return int(rows), int(seq)
+
+    @staticmethod
+    def check_inputs(names: Sequence[str]) -> None:
+        """ArtefactError unless a Batch carries every input in ``names`` (a backend checks this at open)."""
+        unknown = [n for n in names if n not in BATCH_INPUTS]
+        if unknown:
+            raise ArtefactError(f"the graph takes inputs {unknown} that embedrt does not make "
+                                f"(it makes {', '.join(BATCH_INPUTS)}); re-export the model")
+
+    def feed(self, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """The graph's inputs by name (``manifest.input_names``). A graph that takes token type ids
+        gets zeros where the batch has none, as transformers gives a BERT model called without them."""
+        self.check_inputs(names)
+        feed = {}
+        for name in names:
+            value = getattr(self, name)
+            feed[name] = np.zeros_like(self.input_ids) if value is None else value
+        return feed
 
 
 @dataclass(frozen=True)
@@ -77,7 +102,9 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def run(self, batch: Batch) -> dict[str, np.ndarray]:
-        """Return the graph outputs by name; at least ``sentence_embedding`` float32 ``[rows, hidden]``.
+        """Return every graph output the manifest lists (``manifest.output_names``), by name: for an
+        embedder ``sentence_embedding`` float32 ``[rows, hidden]`` and ``embedding_norm`` ``[rows]``, for a
+        reranker ``score`` and ``logit`` ``[rows]``.
 
         Raises ``BackendError`` on failure; a failure affects this batch only.
         """

@@ -24,7 +24,6 @@ from .ort_cuda import CudaRunner
 
 log = logging.getLogger(__name__)
 
-OUTPUTS = ("sentence_embedding", "embedding_norm")
 _CUDA = "CUDAExecutionProvider"
 
 
@@ -185,22 +184,29 @@ class OnnxRuntimeBackend(Backend):
                 if cpu_precision != precision:
                     precision = cpu_precision
                     session, graph = self._open_graph(device, cpu_precision)
-            names = {o.name for o in session.get_outputs()}
-            missing = [n for n in OUTPUTS if n not in names]
-            if missing:
-                raise ArtefactError(f"graph {precision} lacks outputs {missing}; re-export with this embedrt")
+            self._check_io(session, graph)
             runner = None
             if device == "cuda":
                 captured = self._open_cuda_graphs(graph) if self.config.cuda_graphs else None
                 if captured is not None:
                     session = captured
                     self._notes["cuda_graphs"] = f"on (shapes up to {self.config.cuda_graph_max_tokens} tokens)"
-                runner = CudaRunner(_ort(), session, {"sentence_embedding": (self.manifest.hidden_size,),
-                                                      "embedding_norm": ()},
-                                    self.config.device_id, self.manifest.pad_token_id, captured is not None,
+                runner = CudaRunner(_ort(), session, self.manifest, self.config.device_id, captured is not None,
                                     self.config.cuda_graph_max_tokens)
             self._session, self._device, self._precision = session, device, precision
             self._graph_file, self._cuda = graph, runner
+
+    def _check_io(self, session: Any, graph: GraphFile) -> None:
+        """The graph takes exactly the manifest's inputs and gives at least its outputs."""
+        inputs = tuple(i.name for i in session.get_inputs())
+        Batch.check_inputs(self.manifest.input_names)
+        if set(inputs) != set(self.manifest.input_names):
+            raise ArtefactError(f"{graph.file} takes inputs {list(inputs)}, the manifest says "
+                                f"{list(self.manifest.input_names)}; re-export the model")
+        outputs = {o.name for o in session.get_outputs()}
+        missing = [n for n in self.manifest.output_names if n not in outputs]
+        if missing:
+            raise ArtefactError(f"{graph.file} lacks outputs {missing}; re-export with this embedrt")
 
     def close(self) -> None:
         with self._lock:
@@ -214,15 +220,14 @@ class OnnxRuntimeBackend(Backend):
         session, cuda = self._session, self._cuda
         if session is None:
             raise BackendError("the ONNX Runtime backend is not open; call open() first")
+        names = self.manifest.output_names
         try:
             if cuda is not None:
-                values = cuda.run(batch)
-            else:
-                values = session.run(list(OUTPUTS), {"input_ids": batch.input_ids,
-                                                     "attention_mask": batch.attention_mask})
+                return cuda.run(batch)
+            values = session.run(list(names), batch.feed(self.manifest.input_names))
         except Exception as exc:
             raise BackendError(f"ONNX Runtime failed on a batch of shape {batch.shape}: {exc}") from exc
-        return dict(zip(OUTPUTS, values, strict=True))
+        return dict(zip(names, values, strict=True))
 
     def describe(self) -> BackendInfo:
         graph = self._graph_file or self.manifest.graph(self.precision, self.config.attention)

@@ -25,9 +25,26 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ArtefactError
+from ..manifest import Manifest
 from .base import Batch
 
 UNCAPTURED = "-1"
+SEQUENCE = "sequence"  # the manifest's name for the sequence axis; any other named axis past the batch is unknown
+
+
+def output_tails(manifest: Manifest) -> dict[str, tuple[str | int, ...]]:
+    """Each output's shape after the batch axis, from the manifest (``sentence_embedding``: (hidden,);
+    ``score``: (); ``last_hidden_state``: ("sequence", hidden)), so captured buffers can be preallocated."""
+    tails = {}
+    for spec in manifest.outputs:
+        tail = tuple(spec.shape[1:])
+        unknown = [d for d in tail if isinstance(d, str) and d != SEQUENCE]
+        if unknown or spec.dtype != "float32":
+            raise ArtefactError(f"output {spec.name} ({spec.dtype} {list(spec.shape)}) has axes or a type the "
+                                f"CUDA runner cannot preallocate; re-export the model")
+        tails[spec.name] = tail
+    return tails
 
 
 def row_slot(rows: int) -> int:
@@ -49,16 +66,17 @@ class _Slot:
 class CudaRunner:
     """Runs batches through a CUDA session: captured graphs for short shapes, plain binding otherwise."""
 
-    def __init__(self, ort: Any, session: Any, outputs: dict[str, tuple[int, ...]], device_id: int, pad_id: int,
-                 graphs: bool, max_graph_tokens: int, device: str = "cuda") -> None:
-        """``outputs``: each output's shape after the batch axis (sentence_embedding: (hidden,)).
+    def __init__(self, ort: Any, session: Any, manifest: Manifest, device_id: int, graphs: bool,
+                 max_graph_tokens: int, device: str = "cuda") -> None:
+        """Feeds ``manifest.input_names`` and returns every ``manifest.output_names`` output by name.
         ``device`` is "cuda" in use; "cpu" runs the same binding logic on a CPU session (tests)."""
         self._device = device
         self._ort = ort
         self._session = session
-        self._outputs = outputs
+        self._inputs = manifest.input_names
+        self._outputs = output_tails(manifest)
         self._device_id = device_id
-        self._pad_id = pad_id
+        self._pad_id = manifest.pad_token_id
         self._graphs = graphs
         self._max_graph_tokens = max_graph_tokens
         self._slots: dict[tuple[int, int], _Slot] = {}
@@ -75,16 +93,17 @@ class CudaRunner:
         rows, sequence = batch.shape
         return self._graphs and row_slot(rows) * sequence <= self._max_graph_tokens
 
-    def run(self, batch: Batch) -> list[np.ndarray]:
+    def run(self, batch: Batch) -> dict[str, np.ndarray]:
+        """Every output, by name."""
         if self.captures(batch):
             return self._run_captured(batch)
         binding = self._session.io_binding()  # one per call: bindings are not shared between threads
-        binding.bind_cpu_input("input_ids", np.ascontiguousarray(batch.input_ids))
-        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(batch.attention_mask))
+        for name, value in batch.feed(self._inputs).items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
         for name in self._outputs:
             binding.bind_output(name, self._device, self._device_id)
         self._session.run_with_iobinding(binding, self._uncaptured)
-        return list(binding.copy_outputs_to_cpu())
+        return dict(zip(self._outputs, binding.copy_outputs_to_cpu(), strict=True))
 
     def _slot(self, rows: int, sequence: int) -> _Slot:
         key = (rows, sequence)
@@ -94,14 +113,14 @@ class CudaRunner:
         ort, session = self._ort, self._session
         binding = session.io_binding()
         inputs = {}
-        for name in ("input_ids", "attention_mask"):
+        for name in self._inputs:
             inputs[name] = ort.OrtValue.ortvalue_from_shape_and_type([rows, sequence], np.int64, self._device,
                                                                      self._device_id)
             binding.bind_ortvalue_input(name, inputs[name])
         outputs = {}
         for name, tail in self._outputs.items():  # preallocated too: a replay writes where it captured
-            outputs[name] = ort.OrtValue.ortvalue_from_shape_and_type([rows, *tail], np.float32, self._device,
-                                                                      self._device_id)
+            shape = [rows, *(sequence if d == SEQUENCE else int(d) for d in tail)]
+            outputs[name] = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, self._device, self._device_id)
             binding.bind_ortvalue_output(name, outputs[name])
         options = ort.RunOptions()
         # Graph id 0 is ONNX Runtime's own; ours start at 1, one per captured shape.
@@ -110,20 +129,20 @@ class CudaRunner:
         self._slots[key] = slot
         return slot
 
-    def _run_captured(self, batch: Batch) -> list[np.ndarray]:
+    def _run_captured(self, batch: Batch) -> dict[str, np.ndarray]:
         rows, sequence = batch.shape
         padded = row_slot(rows)
-        ids = np.full((padded, sequence), self._pad_id, dtype=np.int64)
-        mask = np.zeros((padded, sequence), dtype=np.int64)
-        ids[:rows] = batch.input_ids
-        mask[:rows] = batch.attention_mask
+        feed = {}  # pad rows: the pad id, an all-zero mask and type ids
+        for name, value in batch.feed(self._inputs).items():
+            feed[name] = np.full((padded, sequence), self._pad_id if name == "input_ids" else 0, dtype=np.int64)
+            feed[name][:rows] = value
         with self._lock:
             slot = self._slot(padded, sequence)
-            slot.buffers["input_ids"].update_inplace(ids)
-            slot.buffers["attention_mask"].update_inplace(mask)
+            for name, value in feed.items():
+                slot.buffers[name].update_inplace(value)
             self._session.run_with_iobinding(slot.binding, slot.run_options)
             values = slot.binding.copy_outputs_to_cpu()
-        return [np.ascontiguousarray(v[:rows]) for v in values]
+        return {name: np.ascontiguousarray(v[:rows]) for name, v in zip(self._outputs, values, strict=True)}
 
 
-__all__ = ["CudaRunner", "row_slot"]
+__all__ = ["CudaRunner", "output_tails", "row_slot"]

@@ -53,8 +53,10 @@ class SlotPool(Protocol):
     def release(self, slot: Any, profile: int) -> None: ...
 
 
-def split(batch: Batch, profiles: Sequence[ProfileShape]) -> list[Arrays]:
-    """The batch's inputs in parts of at most as many rows as a profile takes at its length.
+def split(batch: Batch, profiles: Sequence[ProfileShape],
+          input_names: Sequence[str] = ("input_ids", "attention_mask")) -> list[Arrays]:
+    """The batch's ``input_names`` (``manifest.input_names``) in parts of at most as many rows as a profile
+    takes at its length.
 
     A length no profile takes is the caller's error (``InvalidInputError``), not the backend's.
     """
@@ -63,8 +65,8 @@ def split(batch: Batch, profiles: Sequence[ProfileShape]) -> list[Arrays]:
     if not cap or rows < 1:
         raise InvalidInputError(f"no engine profile accepts sequence length {seq} "
                                 f"(limits: {max((p.max[1] for p in profiles), default=0)} tokens)")
-    return [{"input_ids": batch.input_ids[start:start + cap],
-             "attention_mask": batch.attention_mask[start:start + cap]} for start in range(0, rows, cap)]
+    feed = batch.feed(input_names)
+    return [{name: value[start:start + cap] for name, value in feed.items()} for start in range(0, rows, cap)]
 
 
 class _Job:
@@ -95,17 +97,18 @@ class _Part:
 
 
 def pipelined(batches: Iterable[Batch], pool: SlotPool, profiles: Sequence[ProfileShape],
-              name: str = "TensorRT") -> Generator[Arrays, None, None]:
+              name: str = "TensorRT", input_names: Sequence[str] = ("input_ids", "attention_mask"),
+              ) -> Generator[Arrays, None, None]:
     """Each batch's outputs, in order, with the next batch enqueued before the current one is waited for.
 
     ``batches`` is consumed lazily: batch i+1 is pulled (collated by the caller) while batch i runs.
-    ``name`` words the ``BackendError`` a failing slot becomes.
+    ``name`` words the ``BackendError`` a failing slot becomes; ``input_names`` are the engine's inputs.
     """
     inflight: deque[_Part] = deque()
     jobs: deque[_Job] = deque()
     try:
         for batch in batches:
-            job = _Job(batch.shape, split(batch, profiles))
+            job = _Job(batch.shape, split(batch, profiles, input_names))
             jobs.append(job)
             for index, inputs in enumerate(job.inputs):
                 rows, seq = inputs["input_ids"].shape

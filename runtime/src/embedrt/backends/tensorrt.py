@@ -80,7 +80,7 @@ class TensorRTBackend(Backend):
 
     def _load(self, plan: Plan) -> None:
         runtime, engine = deserialize(plan.trt, plan.record, plan.data)
-        io = engine_io(plan.trt, engine)
+        io = engine_io(plan.trt, engine, self.manifest.input_names, self.manifest.output_names)
         self._runtime, self._engine, self.record = runtime, engine, plan.record
         self._profiles = io.profiles
         # At most one context per profile (two runs never share a profile). Each context holds
@@ -131,7 +131,7 @@ class TensorRTBackend(Backend):
             raise BackendError("the TensorRT backend is not open; call open() first")
         if self.config.device_id:  # the current device is per host thread; callers run on many threads
             cuda.set_device(self.config.device_id)
-        yield from pipelined(batches, pool, self._profiles)
+        yield from pipelined(batches, pool, self._profiles, input_names=self.manifest.input_names)
 
     @property
     def device(self) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,9 +40,6 @@ from ..manifest import Manifest
 from .cuda import GpuInfo
 
 log = logging.getLogger(__name__)
-
-INPUTS = ("input_ids", "attention_mask")
-OUTPUTS = ("sentence_embedding", "embedding_norm")
 
 
 def installed_flavours() -> dict[str, Any]:
@@ -156,6 +153,7 @@ class EngineIO:
     dtypes: dict[str, np.dtype[Any]]  # every I/O tensor by name, as the engine binds it (int32 ids, say)
     profiles: tuple[ProfileShape, ...]
     row_elems: dict[str, int]  # output name -> elements per batch row at the longest sequence
+    inputs: tuple[str, ...]  # the [rows, sequence] integer tensors fed (manifest.input_names); the rest are outputs
 
     @property
     def max_rows(self) -> int:
@@ -166,26 +164,27 @@ class EngineIO:
         return max(p.max[1] for p in self.profiles)
 
 
-def engine_io(trt: Any, engine: Any) -> EngineIO:
-    """Read the engine's tensors and profiles; one lacking our inputs or outputs is an ArtefactError."""
+def engine_io(trt: Any, engine: Any, inputs: Sequence[str], outputs: Sequence[str]) -> EngineIO:
+    """Read the engine's tensors and profiles; one lacking the manifest's ``inputs`` or ``outputs``
+    (``manifest.input_names`` / ``output_names``) is an ArtefactError."""
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    missing = [n for n in (*INPUTS, *OUTPUTS) if n not in names]
+    missing = [n for n in (*inputs, *outputs) if n not in names]
     if missing:
         raise ArtefactError(f"the engine lacks tensors {missing}; rebuild it from this artefact")
     dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
     shapes = []
     for p in range(engine.num_optimization_profiles):
-        lo, opt, hi = (tuple(int(d) for d in dims) for dims in engine.get_tensor_profile_shape(INPUTS[0], p))
+        lo, opt, hi = (tuple(int(d) for d in dims) for dims in engine.get_tensor_profile_shape(inputs[0], p))
         shapes.append(ProfileShape(lo, opt, hi))  # type: ignore[arg-type]
     profiles = tuple(shapes)
     max_seq = max(p.max[1] for p in profiles)
     row_elems = {}
     for name in names:
-        if name in INPUTS:
+        if name in inputs:
             continue
         dims = [int(d) for d in engine.get_tensor_shape(name)][1:]  # [batch, ...]; a -1 past batch is sequence
         row_elems[name] = int(np.prod([max_seq if d < 0 else d for d in dims])) if dims else 1
-    return EngineIO(dtypes, profiles, row_elems)
+    return EngineIO(dtypes, profiles, row_elems, tuple(inputs))
 
 
 def runtime_config(trt: Any, engine: Any, record: EngineRecord, cuda_graphs: bool, cache_path: Path) -> Any:
@@ -225,5 +224,5 @@ def save_runtime_cache(config: Any, path: Path) -> None:
         log.info("runtime cache not saved to %s: %s", path, exc)
 
 
-__all__ = ["INPUTS", "OUTPUTS", "EngineIO", "Plan", "PlanLoader", "StoreLoader", "deserialize", "engine_io",
+__all__ = ["EngineIO", "Plan", "PlanLoader", "StoreLoader", "deserialize", "engine_io",
            "given_plan", "installed_flavours", "make_logger", "runtime_config", "save_runtime_cache"]

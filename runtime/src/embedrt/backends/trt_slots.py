@@ -20,7 +20,7 @@ import numpy as np
 from ..engines import ProfileShape
 from ..errors import BackendError
 from . import cuda
-from .trt_loader import INPUTS, EngineIO
+from .trt_loader import EngineIO
 
 
 class Slot:
@@ -31,10 +31,11 @@ class Slot:
         self.stream = cuda.Stream()
         self.profile = -1  # set on first use: switching is enqueued on this slot's stream
         self.io = io.dtypes
+        self.inputs = io.inputs
         self.device: dict[str, cuda.DeviceBuffer] = {}
         self.host: dict[str, cuda.PinnedBuffer] = {}
         for name, dtype in self.io.items():
-            elems = io.max_rows * (io.max_seq if name in INPUTS else io.row_elems[name])
+            elems = io.max_rows * (io.max_seq if name in self.inputs else io.row_elems[name])
             self.device[name] = cuda.DeviceBuffer(elems * dtype.itemsize)
             self.host[name] = cuda.PinnedBuffer(elems * dtype.itemsize, dtype)
 
@@ -44,12 +45,12 @@ class Slot:
         Nothing waits here: the caller may submit on another slot before ``collect``-ing this one.
         """
         ctx, stream = self.context, self.stream
-        rows, seq = inputs[INPUTS[0]].shape
+        rows, seq = inputs["input_ids"].shape
         if profile != self.profile:
             if not ctx.set_optimization_profile_async(profile, stream.handle):
                 raise BackendError(f"TensorRT refused optimisation profile {profile}")
             self.profile = profile
-        for name in INPUTS:
+        for name in self.inputs:
             count = rows * seq
             staged = self.host[name].array[:count].reshape(rows, seq)
             np.copyto(staged, inputs[name], casting="unsafe")  # int64 -> int32 where the engine binds int32
@@ -62,7 +63,7 @@ class Slot:
             raise BackendError(f"TensorRT execute_async_v3 failed on a batch of shape {(rows, seq)}")
         shapes = {}
         for name in self.io:
-            if name in INPUTS:
+            if name in self.inputs:
                 continue
             shape = tuple(ctx.get_tensor_shape(name))
             shapes[name] = shape

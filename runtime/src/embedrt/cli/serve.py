@@ -1,9 +1,10 @@
-"""``embedrt serve ARTEFACT``: gRPC (+ OpenAI-compatible HTTP) with cross-request batching.
+"""``embedrt serve ARTEFACT [ARTEFACT ...]``: gRPC (+ HTTP) with cross-request batching, one or more
+models (embedders and rerankers, each loaded as its manifest's task says) in one process.
 
 Every flag is also read from an ``EMBEDRT_*`` environment variable (``--max-batch-tokens`` from
-``EMBEDRT_MAX_BATCH_TOKENS``; the artefact from ``EMBEDRT_ARTEFACT``); a flag given on the command
-line wins. ``OPTIONS`` below is the one place where flags and variables map onto the configuration
-dataclasses, and the dataclasses hold the defaults.
+``EMBEDRT_MAX_BATCH_TOKENS``; the artefacts from ``EMBEDRT_ARTEFACT``, comma-separated); a flag or
+artefact given on the command line wins. ``OPTIONS`` below is the one place where flags and variables
+map onto the configuration dataclasses, and the dataclasses hold the defaults.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..config import BackendConfig, BatchingConfig, SchedulerConfig, ServerConfig
@@ -102,19 +104,31 @@ OPTIONS: tuple[Option, ...] = (
            "requests admitted and unanswered before new ones get RESOURCE_EXHAUSTED / 429"),
     Option("--max-queue-tokens", ("scheduler.max_queued_tokens",), int,
            "tokens waiting for the backend before new requests get RESOURCE_EXHAUSTED / 429"),
-    Option("--max-inputs", ("scheduler.max_inputs_per_request",), int, "texts per request"),
+    Option("--max-inputs", ("scheduler.max_inputs_per_request",), int,
+           "texts per embedding request, documents per rerank request"),
     Option("--tokenizer-threads", ("scheduler.tokenizer_threads",), int, "threads tokenizing requests"),
 )
 
 
 @dataclass(frozen=True)
 class ServeSettings:
-    artefact: str
+    artefacts: tuple[str, ...]
     server: ServerConfig
     scheduler: SchedulerConfig
     batching: BatchingConfig
     backend: BackendConfig
     load: dict[str, str]
+
+    @property
+    def artefact(self) -> str:
+        """The first artefact (the only one, usually)."""
+        return self.artefacts[0]
+
+
+def _artefacts(value: str | list[str] | None) -> tuple[str, ...]:
+    """Directories from the command line, or from EMBEDRT_ARTEFACT (comma-separated)."""
+    given = value.split(",") if isinstance(value, str) else (value or [])
+    return tuple(p.strip() for p in given if p.strip())
 
 
 def settings_from(args: argparse.Namespace) -> ServeSettings:
@@ -127,13 +141,14 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
         for target in option.targets:
             section, name = target.split(".")
             values[section][name] = option.to_config(value)
-    if not args.artefact:
-        raise EmbedrtError("give the ARTEFACT directory (or set EMBEDRT_ARTEFACT)")
+    artefacts = _artefacts(args.artefact)
+    if not artefacts:
+        raise EmbedrtError("give the ARTEFACT directory, or several (or set EMBEDRT_ARTEFACT, comma-separated)")
     try:  # every value is checked here, before a port is bound or the model is read
         made = {s: cls(**values[s]) for s, cls in _SECTIONS.items()}
     except ConfigError as exc:
         raise flag_error(exc, args) from None
-    return ServeSettings(args.artefact, made["server"], made["scheduler"], made["batching"], made["backend"],
+    return ServeSettings(artefacts, made["server"], made["scheduler"], made["batching"], made["backend"],
                          values["load"])
 
 
@@ -161,8 +176,28 @@ def _announce(server: Any) -> None:
     config, ports, state = server.config, server.ports, server.state
     tls = " (TLS)" if config.tls_cert else ""
     http = f"http://{config.host}:{ports.http}" if ports.http is not None else "off"
-    print(f"embedrt serve: ready: {state.model} on {state.embedder.backend_name} {state.embedder.precision}; "
-          f"gRPC {config.host}:{ports.grpc}{tls}; HTTP {http}", file=sys.stderr, flush=True)
+    models = ", ".join(f"{m.name}{' (rerank)' if m.task == 'rerank' else ''} on {m.model.backend_name} "
+                       f"{m.model.precision}" for m in state.models.values())
+    print(f"embedrt serve: ready: {models}; gRPC {config.host}:{ports.grpc}{tls}; HTTP {http}", file=sys.stderr,
+          flush=True)
+
+
+def _loaders(settings: ServeSettings) -> list[Callable[[], Any]]:
+    """One loader per artefact, Embedder or Reranker as its manifest says. The manifests are read now,
+    so that a missing artefact or two of one name stop the command before a port is bound."""
+    from ..embedder import Embedder
+    from ..manifest import load_manifest
+    from ..reranker import Reranker
+    from ..server.state import check_unique_names
+
+    manifests = [(path, load_manifest(Path(path))) for path in settings.artefacts]
+    check_unique_names((m.name, path) for path, m in manifests)
+
+    def loader(path: str, kind: type[Embedder] | type[Reranker]) -> Callable[[], Any]:
+        return lambda: kind.load(path, settings.load["backend"], precision=settings.load["precision"],
+                                 batching=settings.batching, backend_config=settings.backend)
+
+    return [loader(path, Reranker if m.task == "rerank" else Embedder) for path, m in manifests]
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -171,17 +206,11 @@ def _run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         hint = f"serving needs the server extra: pip install 'embedrt[server]' (missing: {exc.name})"
         raise EmbedrtError(hint) from exc
-    from ..embedder import Embedder
 
     logging.basicConfig(level=os.environ.get("EMBEDRT_LOG_LEVEL", "INFO").upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_from(args)
-
-    def load() -> Embedder:
-        return Embedder.load(settings.artefact, settings.load["backend"], precision=settings.load["precision"],
-                             batching=settings.batching, backend_config=settings.backend)
-
-    server = EmbeddingServer(load, settings.server, settings.scheduler)
+    server = EmbeddingServer(_loaders(settings), settings.server, settings.scheduler)
     try:
         asyncio.run(serve_until_signal(server, _announce))
     except ConfigError as exc:  # a port in use, a TLS file that cannot be read: found while binding
@@ -190,13 +219,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("serve", help="serve an artefact over gRPC and OpenAI-compatible HTTP",
-                       description="Serve ARTEFACT: gRPC (embedrt.v1.Embedder, health, reflection) and "
-                       "OpenAI-compatible HTTP (/v1/embeddings, /health, /metrics), batching concurrent "
-                       "requests together. Every flag can also be set with the EMBEDRT_* variable shown. "
+    p = sub.add_parser("serve", help="serve artefacts (embedders, rerankers) over gRPC and HTTP",
+                       description="Serve one or more ARTEFACTs, each an embedder or a reranker: gRPC "
+                       "(embedrt.v1.Embedder, embedrt.v1.Reranker, health, reflection) and HTTP (OpenAI's "
+                       "/v1/embeddings, Cohere's /v1/rerank, TEI's /rerank, /v1/models, /health, /metrics), "
+                       "batching concurrent requests together; a request's `model` picks the artefact by "
+                       "its name. Every flag can also be set with the EMBEDRT_* variable shown. "
                        "SIGTERM/SIGINT drain admitted requests within --grace, then exit 0.")
-    p.add_argument("artefact", nargs="?", default=os.environ.get("EMBEDRT_ARTEFACT"),
-                   help="artefact directory written by `embedrt export` [EMBEDRT_ARTEFACT]")
+    p.add_argument("artefact", nargs="*", default=os.environ.get("EMBEDRT_ARTEFACT"), metavar="ARTEFACT",
+                   help="artefact directories written by `embedrt export` [EMBEDRT_ARTEFACT, comma-separated]")
     for option in OPTIONS:
         env = os.environ.get(option.env)
         # argparse converts string defaults with `type`, so a bad variable fails like a bad flag.

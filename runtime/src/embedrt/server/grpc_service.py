@@ -1,7 +1,9 @@
 """gRPC transport: proto <-> plain types at the edge, the core in between, errors mapped by ``status_for``.
 
-``create_server`` builds and binds a server (our service, standard health, reflection) without
-starting it, so callers and tests decide when and how it serves.
+Two services: ``embedrt.v1.Embedder`` (Embed, EmbedStream, Info) and ``embedrt.v1.Reranker``
+(Rerank); a request's ``model`` picks the served model (``ServingState.route``). ``create_server``
+builds and binds a server (our services, standard health, reflection) without starting it, so
+callers and tests decide when and how it serves.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from ..config import ServerConfig
-from ..core import EmbedRequest, EmbedResult
+from ..core import EmbedRequest, EmbedResult, Ranking, RerankRequest
 from ..errors import ConfigError, InvalidInputError, OverloadedError, status_for
-from .state import Phase, ServingState, info_fields
-from .stubs import SERVICE_NAME, pb2
+from .state import Phase, ServedModel, ServingState, info_fields
+from .stubs import RERANKER_SERVICE_NAME, SERVICE_NAME, pb2
 
 _STREAM_WINDOW = 64  # requests one stream may have in flight; past it the stream is flow-controlled
 _RETRY_MAX = 0.05  # seconds between admission retries of a stream with nothing of its own in flight
@@ -36,18 +38,29 @@ class _Unparsable:
         self.reason = reason
 
 
-def _parse_embed(data: bytes) -> Any:
-    try:
-        return pb2.EmbedRequest.FromString(data)
-    except DecodeError as exc:
-        return _Unparsable(str(exc))
+def _parser(message: Any) -> Any:
+    def parse(data: bytes) -> Any:
+        try:
+            return message.FromString(data)
+        except DecodeError as exc:
+            return _Unparsable(str(exc))
+
+    return parse
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def _model(msg: Any) -> str | None:
+    return msg.model if msg.HasField("model") else None
 
 
 def to_request(msg: Any, context: grpc.aio.ServicerContext) -> EmbedRequest:
     """EmbedRequest proto -> plain request; the call's deadline becomes the core's deadline."""
     if isinstance(msg, _Unparsable):
         raise InvalidInputError(f"invalid `inputs`: every input must be valid UTF-8 text ({msg.reason})")
-    remaining = context.time_remaining()
     return EmbedRequest(
         texts=tuple(msg.inputs),
         instruction=msg.instruction if msg.HasField("instruction") else None,
@@ -55,7 +68,23 @@ def to_request(msg: Any, context: grpc.aio.ServicerContext) -> EmbedRequest:
         dimensions=msg.dimensions if msg.HasField("dimensions") else None,
         normalize=msg.normalize if msg.HasField("normalize") else True,
         truncate=msg.truncate if msg.HasField("truncate") else True,
-        deadline=None if remaining is None else time.monotonic() + remaining,
+        deadline=_deadline(context),
+    )
+
+
+def to_rerank_request(msg: Any, context: grpc.aio.ServicerContext) -> RerankRequest:
+    """RerankRequest proto -> plain request; the call's deadline becomes the core's deadline."""
+    if isinstance(msg, _Unparsable):
+        raise InvalidInputError(f"invalid request: the query and every document must be valid UTF-8 text "
+                                f"({msg.reason})")
+    return RerankRequest(
+        query=msg.query,
+        documents=tuple(msg.documents),
+        top_n=msg.top_n if msg.HasField("top_n") else None,
+        instruction=msg.instruction if msg.HasField("instruction") else None,
+        truncate=msg.truncate if msg.HasField("truncate") else True,
+        long_documents=msg.long_documents if msg.HasField("long_documents") else "truncate",
+        deadline=_deadline(context),
     )
 
 
@@ -65,9 +94,16 @@ def to_reply(result: EmbedResult, model: str) -> Any:
     return reply
 
 
-class EmbedderService:
-    """The ``embedrt.v1.Embedder`` handlers. Thin: convert, call the core, map errors once."""
+def to_rerank_reply(ranking: Ranking, request: RerankRequest, model: str, documents: bool) -> Any:
+    reply = pb2.RerankResponse(model=model, usage=pb2.Usage(prompt_tokens=ranking.tokens,
+                                                            total_tokens=ranking.tokens))
+    reply.results.extend(pb2.RerankResult(index=r.index, relevance_score=r.score, logit=r.logit,
+                                          document=request.documents[r.index] if documents else None)
+                         for r in ranking.results)
+    return reply
 
+
+class _Service:
     def __init__(self, state: ServingState) -> None:
         self.state = state
 
@@ -76,10 +112,17 @@ class EmbedderService:
         self.state.metrics.request("grpc", code, time.perf_counter() - started)
         await context.abort(getattr(grpc.StatusCode, code), str(exc))  # raises: ends the call
 
-    async def Embed(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+
+class RerankerService(_Service):
+    """The ``embedrt.v1.Reranker`` handler: the same core, admission and errors as embeddings."""
+
+    async def Rerank(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
         try:
-            reply = to_reply(await self.state.embed(to_request(request, context)), self.state.model)
+            plain = to_rerank_request(request, context)
+            served = self.state.route("rerank", _model(request), "grpc")
+            ranking = await self.state.run(served, plain)
+            reply = to_rerank_reply(ranking, plain, served.name, request.return_documents)
         except asyncio.CancelledError:
             self.state.metrics.request("grpc", "CANCELLED", time.perf_counter() - started)
             raise
@@ -88,7 +131,25 @@ class EmbedderService:
         self.state.metrics.request("grpc", "OK", time.perf_counter() - started)
         return reply
 
-    async def _admit(self, request: EmbedRequest,
+
+class EmbedderService(_Service):
+    """The ``embedrt.v1.Embedder`` handlers. Thin: convert, call the core, map errors once."""
+
+    async def Embed(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        try:
+            plain = to_request(request, context)
+            served = self.state.route("embed", _model(request), "grpc")
+            reply = to_reply(await self.state.run(served, plain), served.name)
+        except asyncio.CancelledError:
+            self.state.metrics.request("grpc", "CANCELLED", time.perf_counter() - started)
+            raise
+        except Exception as exc:
+            await self._fail(context, exc, started)
+        self.state.metrics.request("grpc", "OK", time.perf_counter() - started)
+        return reply
+
+    async def _admit(self, request: EmbedRequest, served: ServedModel,
                      own: deque[asyncio.Future[EmbedResult]]) -> asyncio.Future[EmbedResult]:
         """Submit one request of a stream; while the server is full, wait instead of failing the stream.
 
@@ -99,7 +160,8 @@ class EmbedderService:
         backoff = 0.001
         while True:
             try:
-                return asyncio.wrap_future(self.state.scheduler_or_raise().submit(request))
+                self.state.check_ready()
+                return asyncio.wrap_future(served.submit(request))
             except OverloadedError:
                 left = None if request.deadline is None else request.deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -112,7 +174,7 @@ class EmbedderService:
                     await asyncio.sleep(backoff if left is None else min(backoff, left))
                     backoff = min(backoff * 2, _RETRY_MAX)
 
-    async def _result(self, work: asyncio.Future[EmbedResult], request: EmbedRequest,
+    async def _result(self, work: asyncio.Future[EmbedResult], request: EmbedRequest, served: ServedModel,
                       own: deque[asyncio.Future[EmbedResult]]) -> EmbedResult:
         """The stream's next result. A request refused after admission (``--max-queue-tokens`` is checked
         once it is tokenized) is submitted again after a short backoff instead of ending the stream;
@@ -127,7 +189,7 @@ class EmbedderService:
                     raise
                 await asyncio.sleep(backoff if left is None else min(backoff, left))
                 backoff = min(backoff * 2, _RETRY_MAX)
-                work = await self._admit(request, own)
+                work = await self._admit(request, served, own)
 
     async def EmbedStream(self, requests: AsyncIterator[Any],
                           context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
@@ -139,21 +201,22 @@ class EmbedderService:
             try:
                 async for msg in requests:
                     request = to_request(msg, context)
-                    submitted = await self._admit(request, own)
+                    served = self.state.route("embed", _model(msg), "grpc")
+                    submitted = await self._admit(request, served, own)
                     own.append(submitted)
-                    await pending.put((time.perf_counter(), submitted, request))
+                    await pending.put((time.perf_counter(), submitted, request, served))
             except Exception as exc:
-                await pending.put((time.perf_counter(), exc, None))
+                await pending.put((time.perf_counter(), exc, None, None))
             await pending.put(None)
 
         reader = asyncio.create_task(read())
         started = time.perf_counter()
         try:
             while (item := await pending.get()) is not None:
-                started, work, request = item
+                started, work, request, served = item
                 if isinstance(work, BaseException):
                     raise work
-                reply = to_reply(await self._result(work, request, own), self.state.model)
+                reply = to_reply(await self._result(work, request, served, own), served.name)
                 self.state.metrics.request("grpc", "OK", time.perf_counter() - started)
                 yield reply
         except asyncio.CancelledError:
@@ -171,23 +234,30 @@ class EmbedderService:
     async def Info(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
         try:
-            reply = pb2.InfoResponse(**info_fields(self.state.info()))
+            reply = pb2.InfoResponse(**info_fields(self.state.info(_model(request), "grpc")))
         except Exception as exc:
             await self._fail(context, exc, started)
         self.state.metrics.request("grpc", "OK", time.perf_counter() - started)
         return reply
 
 
-def _handlers(service: EmbedderService) -> grpc.GenericRpcHandler:
-    # Registered by hand rather than with the generated add_*_to_server, only to parse EmbedRequest
+def _handlers(state: ServingState) -> tuple[grpc.GenericRpcHandler, ...]:
+    # Registered by hand rather than with the generated add_*_to_server, only to parse requests
     # ourselves: protobuf rejects bad UTF-8 at parse time, which gRPC would report as INTERNAL.
-    serialize = pb2.EmbedResponse.SerializeToString
-    return grpc.method_handlers_generic_handler(SERVICE_NAME, {
-        "Embed": grpc.unary_unary_rpc_method_handler(service.Embed, _parse_embed, serialize),
-        "EmbedStream": grpc.stream_stream_rpc_method_handler(service.EmbedStream, _parse_embed, serialize),
-        "Info": grpc.unary_unary_rpc_method_handler(service.Info, pb2.InfoRequest.FromString,
-                                                    pb2.InfoResponse.SerializeToString),
-    })
+    embedder, reranker = EmbedderService(state), RerankerService(state)
+    parse_embed, serialize = _parser(pb2.EmbedRequest), pb2.EmbedResponse.SerializeToString
+    return (
+        grpc.method_handlers_generic_handler(SERVICE_NAME, {
+            "Embed": grpc.unary_unary_rpc_method_handler(embedder.Embed, parse_embed, serialize),
+            "EmbedStream": grpc.stream_stream_rpc_method_handler(embedder.EmbedStream, parse_embed, serialize),
+            "Info": grpc.unary_unary_rpc_method_handler(embedder.Info, pb2.InfoRequest.FromString,
+                                                        pb2.InfoResponse.SerializeToString),
+        }),
+        grpc.method_handlers_generic_handler(RERANKER_SERVICE_NAME, {
+            "Rerank": grpc.unary_unary_rpc_method_handler(reranker.Rerank, _parser(pb2.RerankRequest),
+                                                          pb2.RerankResponse.SerializeToString),
+        }),
+    )
 
 
 def _health(state: ServingState) -> HealthServicer:
@@ -199,8 +269,10 @@ def _health(state: ServingState) -> HealthServicer:
         if phase in ("draining", "stopped"):
             await health.enter_graceful_shutdown()  # NOT_SERVING for good: we never come back from a drain
             return
-        for name in ("", SERVICE_NAME):  # "" is the whole server, as standard probes ask
-            await health.set(name, serving if phase == "ready" else not_serving)
+        # "" is the whole server, as standard probes ask; a service is SERVING once a model of its task is.
+        tasks = state.tasks() | {""} if phase == "ready" else set()
+        for name, task in (("", ""), (SERVICE_NAME, "embed"), (RERANKER_SERVICE_NAME, "rerank")):
+            await health.set(name, serving if task in tasks else not_serving)
 
     state.on_phase(update)
     return health
@@ -233,11 +305,12 @@ def create_server(state: ServingState, config: ServerConfig) -> tuple[grpc.aio.S
         ("grpc.max_send_message_length", -1),  # replies are bounded by max inputs x dimensions
         ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
     ])
-    server.add_generic_rpc_handlers((_handlers(EmbedderService(state)),))
+    server.add_generic_rpc_handlers(_handlers(state))
     health = _health(state)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if config.reflection:
-        names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+        names = (SERVICE_NAME, RERANKER_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                 reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
     address = f"[{config.host}]:{config.grpc_port}" if ":" in config.host else f"{config.host}:{config.grpc_port}"
     credentials = _credentials(config)
@@ -249,4 +322,5 @@ def create_server(state: ServingState, config: ServerConfig) -> tuple[grpc.aio.S
     return server, port
 
 
-__all__ = ["EmbedderService", "create_server", "to_reply", "to_request"]
+__all__ = ["EmbedderService", "RerankerService", "create_server", "to_reply", "to_request", "to_rerank_reply",
+           "to_rerank_request"]

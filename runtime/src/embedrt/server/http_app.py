@@ -1,7 +1,9 @@
-"""OpenAI-compatible HTTP transport (FastAPI on uvicorn): /v1/embeddings, /health, /metrics.
+"""HTTP transport (FastAPI on uvicorn): OpenAI's /v1/embeddings, Cohere's /v1/rerank, TEI's /rerank,
+/health, /metrics, /info, /v1/models.
 
-Like the gRPC side it only converts JSON <-> plain types and maps errors with ``status_for``.
-Bodies are read within the size and time limits by ``http_body.BodyLimits`` before any route runs.
+Like the gRPC side it only converts JSON <-> plain types (rerank bodies: ``http_rerank``), picks the
+model (``ServingState.route``) and maps errors with ``status_for``. Bodies are read within the size
+and time limits by ``http_body.BodyLimits`` before any route runs.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import uvicorn
 from fastapi import FastAPI, Request, Response
@@ -26,24 +28,29 @@ from ..core import EmbedRequest, EmbedResult
 from ..errors import ConfigError, InvalidInputError, MethodNotAllowedError, RouteNotFoundError, status_for
 from .http_body import BodyLimits
 from .http_errors import error_parts
-from .state import ServingState, info_fields
+from .http_rerank import RerankBody, TeiRerankBody
+from .state import ServingState, Task, info_fields
 
 _PARSE_OFF_LOOP = 1 << 16  # bodies larger than this are parsed on a thread, not on the event loop
-_ROUTES = "POST /v1/embeddings, GET /health, /metrics, /info, /v1/models"
-_EXPECTED = {  # what each field takes, in JSON terms, for error messages
-    "input": "a string, a list of strings, or token ids (a list of integers, or a list of lists of integers)",
-    "model": "a string", "dimensions": "an integer", "encoding_format": '"float" or "base64"',
-    "instruction": "a string", "query": "true or false", "normalize": "true or false", "truncate": "true or false",
-}
+_ROUTES = "POST /v1/embeddings, /v1/rerank, /rerank, GET /health, /metrics, /info, /v1/models"
+T = TypeVar("T")
+B = TypeVar("B", bound=BaseModel)
 
 
 class EmbeddingsBody(BaseModel):
     """POST /v1/embeddings, as OpenAI defines it, plus embedrt's optional extras. JSON types are strict."""
 
     model_config = ConfigDict(extra="ignore", strict=True)  # e.g. `user`: accepted, unused
+    EXPECTED: ClassVar[dict[str, str]] = {  # what each field takes, in JSON terms, for error messages
+        "input": "a string, a list of strings, or token ids (a list of integers, or a list of lists of integers)",
+        "model": "a string", "dimensions": "an integer", "encoding_format": '"float" or "base64"',
+        "instruction": "a string", "query": "true or false", "normalize": "true or false",
+        "truncate": "true or false",
+    }
+    FIELDS: ClassVar[dict[str, str]] = {"inputs": "input"}  # the core's field names, as this API spells them
 
     input: str | list[str] | list[int] | list[list[int]]  # token ids: the served model's own vocabulary
-    model: str | None = None  # informational: this server serves one model, whatever the name
+    model: str | None = None  # which served embedder; any name when the server has one
     dimensions: int | None = None
     encoding_format: Literal["float", "base64"] = "float"
     instruction: str | None = None  # embedrt: query task for instruction-tuned models
@@ -66,6 +73,9 @@ class EmbeddingsBody(BaseModel):
         return EmbedRequest(texts=texts, instruction=self.instruction, query=self.query, token_ids=ids,
                             dimensions=self.dimensions, normalize=self.normalize, truncate=self.truncate)
 
+    def render(self, result: EmbedResult, model: str) -> bytes:
+        return to_body(result, model, self.encoding_format)
+
 
 def _embedding(row: Any, encoding: str) -> Any:
     if encoding == "base64":  # little-endian float32, as OpenAI's clients decode it
@@ -87,7 +97,7 @@ def _json_kind(value: Any) -> str:
     return kinds.get(type(value), type(value).__name__)
 
 
-def _invalid_body(exc: ValidationError) -> InvalidInputError:
+def _invalid_body(exc: ValidationError, expected: dict[str, str]) -> InvalidInputError:
     """One message for the first wrong field, naming it as the API does (``param`` too)."""
     first = exc.errors()[0]
     loc = first.get("loc", ())
@@ -98,32 +108,36 @@ def _invalid_body(exc: ValidationError) -> InvalidInputError:
     field = str(loc[0])
     if first["type"] == "missing":
         error = InvalidInputError(f"`{field}` is required")
+    elif len(loc) == 2 and isinstance(loc[1], int):  # one item of a list of one type: `documents[2]`
+        field = f"{field}[{loc[1]}]"
+        given = first.get("input")
+        error = InvalidInputError(f"invalid `{field}`: expected a string, got {_json_kind(given)}")
     else:
         whole = len(loc) == 1 or (len(loc) == 2 and isinstance(loc[1], str))  # the field, or one union branch
         given = first.get("input") if whole else None
         got = "got a list with other values" if not whole or isinstance(given, list) else f"got {_json_kind(given)}"
         if isinstance(given, (str, int, float)) and len(repr(given)) < 40:
             got += f" ({json.dumps(given)})"
-        error = InvalidInputError(f"invalid `{field}`: expected {_EXPECTED.get(field, 'another value')}, {got}")
+        error = InvalidInputError(f"invalid `{field}`: expected {expected.get(field, 'another value')}, {got}")
     error.param = field  # type: ignore[attr-defined]
     return error
 
 
-def error_response(exc: BaseException) -> Response:
-    status, body, headers = error_parts(exc)
+def error_response(exc: BaseException, names: dict[str, str] | None = None) -> Response:
+    status, body, headers = error_parts(exc, names)
     return Response(body, status, headers=headers or None, media_type="application/json")
 
 
-async def _parse(body: bytes) -> EmbeddingsBody:
+async def _parse(body: bytes, kind: type[B]) -> B:
     try:
         if len(body) > _PARSE_OFF_LOOP:  # a 32 MiB body takes tens of ms to parse: not on the loop
-            return await asyncio.to_thread(EmbeddingsBody.model_validate_json, body)
-        return EmbeddingsBody.model_validate_json(body)
+            return await asyncio.to_thread(kind.model_validate_json, body)
+        return kind.model_validate_json(body)
     except ValidationError as exc:
-        raise _invalid_body(exc) from None
+        raise _invalid_body(exc, getattr(kind, "EXPECTED", {})) from None
 
 
-async def _unless_disconnected(request: Request, work: asyncio.Future[EmbedResult]) -> EmbedResult | None:
+async def _unless_disconnected(request: Request, work: asyncio.Future[T]) -> T | None:
     """The result, or None once the client hung up (its job is then cancelled before it runs)."""
     # The body has been read, so the next ASGI message can only be http.disconnect.
     gone = asyncio.ensure_future(request.receive())
@@ -155,23 +169,38 @@ def create_app(state: ServingState, config: ServerConfig) -> FastAPI:
         response.headers.update(exc.headers or {})  # e.g. Allow on 405
         return response
 
-    @app.post("/v1/embeddings")
-    async def embeddings(request: Request) -> Response:
+    async def answer(request: Request, kind: type[EmbeddingsBody | RerankBody | TeiRerankBody],
+                     task: Task) -> Response:
+        """Parse, pick the model, run it through its core, render: one path for every inference route."""
         started = time.perf_counter()
         try:
-            parsed = await _parse(await request.body())  # already read, within limits, by BodyLimits
-            work = asyncio.ensure_future(state.embed(parsed.to_request()))
+            parsed: Any = await _parse(await request.body(), kind)  # already read, within limits, by BodyLimits
+            plain = parsed.to_request()
+            served = state.route(task, parsed.model, "http")
+            work = asyncio.ensure_future(state.run(served, plain))
             result = await _unless_disconnected(request, work)
             if result is None:
                 metrics.request("http", "CANCELLED", time.perf_counter() - started)
                 return Response(status_code=499)
-            response = Response(to_body(result, state.model, parsed.encoding_format), media_type="application/json")
+            response = Response(parsed.render(result, served.name), media_type="application/json")
         except Exception as exc:
-            response = error_response(exc)
+            response = error_response(exc, kind.FIELDS)
             metrics.request("http", status_for(exc)[0], time.perf_counter() - started)
             return response
         metrics.request("http", "OK", time.perf_counter() - started)
         return response
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        return await answer(request, EmbeddingsBody, "embed")
+
+    @app.post("/v1/rerank")
+    async def rerank(request: Request) -> Response:
+        return await answer(request, RerankBody, "rerank")
+
+    @app.post("/rerank")
+    async def tei_rerank(request: Request) -> Response:
+        return await answer(request, TeiRerankBody, "rerank")
 
     @app.get("/health")
     async def health() -> Response:
@@ -183,15 +212,16 @@ def create_app(state: ServingState, config: ServerConfig) -> FastAPI:
         return Response(metrics.render(), media_type=metrics.content_type)
 
     @app.get("/info")
-    async def info() -> Response:
+    async def info(model: str | None = None) -> Response:
         try:
-            return Response(json.dumps(info_fields(state.info())), media_type="application/json")
+            return Response(json.dumps(info_fields(state.info(model, "http"))), media_type="application/json")
         except Exception as exc:
             return error_response(exc)
 
     @app.get("/v1/models")
     async def models() -> Response:
-        data = [{"id": state.model, "object": "model", "owned_by": "embedrt"}] if state.model else []
+        data = [{"id": m.name, "object": "model", "owned_by": "embedrt", "task": m.task}
+                for m in state.models.values()]
         return Response(json.dumps({"object": "list", "data": data}), media_type="application/json")
 
     return app

@@ -18,17 +18,19 @@ _ERROR_TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 405:
 _FIELD_NAMES = {"inputs": "input"}  # the core names gRPC fields; OpenAI calls the list `input`
 
 
-def http_field(field: str) -> str:
+def http_field(field: str, names: dict[str, str] | None = None) -> str:
+    """The core's field name in the HTTP API's terms (``names``: a route's own renames, e.g. TEI's ``texts``)."""
     base, _, rest = field.partition("[")
-    return _FIELD_NAMES.get(base, base) + (f"[{rest}" if rest else "")
+    renames = {**_FIELD_NAMES, **(names or {})}
+    return renames.get(base, base) + (f"[{rest}" if rest else "")
 
 
-def error_parts(exc: BaseException) -> tuple[int, bytes, dict[str, str]]:
-    """(HTTP status, JSON body, extra headers) for ``exc``."""
+def error_parts(exc: BaseException, names: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
+    """(HTTP status, JSON body, extra headers) for ``exc``; ``names`` as for ``http_field``."""
     code, status = status_for(exc)
     message, param = str(exc), getattr(exc, "param", None)
     if isinstance(exc, InvalidFieldError):
-        param = http_field(exc.field)
+        param = http_field(exc.field, names)
         message = f"invalid `{param}`: {exc.detail}"
     body = {"error": {"message": message, "type": _ERROR_TYPES.get(status, "server_error"), "param": param,
                       "code": code}}

@@ -12,7 +12,8 @@ _TOKENS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 class ServerMetrics:
     """Requests and errors by code, latency and queue time, batch shape, queue depth.
 
-    Implements ``embedrt.core.SchedulerMetrics`` for the core's side; the transports call ``request``.
+    The transports call ``request``; each served model's core reports through ``for_model(name)``
+    (an ``embedrt.core.SchedulerMetrics``), so its queue and batches carry the label ``model``.
     """
 
     content_type = CONTENT_TYPE_LATEST
@@ -26,33 +27,25 @@ class ServerMetrics:
                               ("transport", "code"), registry=r)
         self.latency = Histogram("embedrt_request_duration_seconds", "Time from arrival to answer",
                                  ("transport",), buckets=_LATENCY, registry=r)
+        model = ("model",)
         self.queue_time = Histogram("embedrt_queue_time_seconds", "Time from admission to the start of its batch",
-                                    buckets=_LATENCY, registry=r)
-        self.batch_size = Histogram("embedrt_batch_size", "Texts per backend batch", buckets=_SIZES, registry=r)
+                                    model, buckets=_LATENCY, registry=r)
+        self.batch_size = Histogram("embedrt_batch_size", "Texts (or rerank pairs) per backend batch", model,
+                                    buckets=_SIZES, registry=r)
         self.batch_requests = Histogram("embedrt_batch_requests", "Requests merged into one backend batch",
-                                        buckets=_SIZES, registry=r)
-        self.batch_tokens = Histogram("embedrt_batch_tokens", "Tokens per backend batch", buckets=_TOKENS, registry=r)
-        self.batch_seconds = Histogram("embedrt_batch_duration_seconds", "Backend time per batch",
+                                        model, buckets=_SIZES, registry=r)
+        self.batch_tokens = Histogram("embedrt_batch_tokens", "Tokens per backend batch", model, buckets=_TOKENS,
+                                      registry=r)
+        self.batch_seconds = Histogram("embedrt_batch_duration_seconds", "Backend time per batch", model,
                                        buckets=_LATENCY, registry=r)
-        self.queue_requests = Gauge("embedrt_queue_depth", "Requests admitted and not yet answered", registry=r)
-        self.queue_tokens = Gauge("embedrt_queue_tokens", "Tokens waiting for the backend", registry=r)
-        self.ready = Gauge("embedrt_ready", "1 once the model is loaded and warmed up, 0 while loading or draining",
+        self.queue_requests = Gauge("embedrt_queue_depth", "Requests admitted and not yet answered", model,
+                                    registry=r)
+        self.queue_tokens = Gauge("embedrt_queue_tokens", "Tokens waiting for the backend", model, registry=r)
+        self.ready = Gauge("embedrt_ready", "1 once every model is loaded and warmed up, 0 while loading or draining",
                            registry=r)
 
-    # -- embedrt.core.SchedulerMetrics ------------------------------------------------------------
-
-    def queue_depth(self, requests: int, tokens: int) -> None:
-        self.queue_requests.set(requests)
-        self.queue_tokens.set(tokens)
-
-    def queued(self, seconds: float) -> None:
-        self.queue_time.observe(seconds)
-
-    def batch(self, requests: int, texts: int, tokens: int, seconds: float) -> None:
-        self.batch_requests.observe(requests)
-        self.batch_size.observe(texts)
-        self.batch_tokens.observe(tokens)
-        self.batch_seconds.observe(seconds)
+    def for_model(self, name: str) -> ModelMetrics:
+        return ModelMetrics(self, name)
 
     # -- transports -------------------------------------------------------------------------------
 
@@ -66,4 +59,26 @@ class ServerMetrics:
         return generate_latest(self.registry)
 
 
-__all__ = ["ServerMetrics"]
+class ModelMetrics:
+    """``embedrt.core.SchedulerMetrics`` for one served model: the server's metrics, labelled with its name."""
+
+    def __init__(self, metrics: ServerMetrics, model: str) -> None:
+        m = metrics
+        self._depth, self._tokens = m.queue_requests.labels(model), m.queue_tokens.labels(model)
+        self._queued = m.queue_time.labels(model)
+        self._batch = (m.batch_requests.labels(model), m.batch_size.labels(model), m.batch_tokens.labels(model),
+                       m.batch_seconds.labels(model))
+
+    def queue_depth(self, requests: int, tokens: int) -> None:
+        self._depth.set(requests)
+        self._tokens.set(tokens)
+
+    def queued(self, seconds: float) -> None:
+        self._queued.observe(seconds)
+
+    def batch(self, requests: int, texts: int, tokens: int, seconds: float) -> None:
+        for histogram, value in zip(self._batch, (requests, texts, tokens, seconds), strict=True):
+            histogram.observe(value)
+
+
+__all__ = ["ModelMetrics", "ServerMetrics"]

@@ -1,8 +1,9 @@
-"""One serving process: both transports, one model, the lifecycle from loading to drained.
+"""One serving process: both transports, one or more models, the lifecycle from loading to drained.
 
-Order matters. Ports are bound first and health says NOT_SERVING; the model loads and a warm-up
-batch runs; then health says SERVING. On shutdown: NOT_SERVING, no new requests, admitted ones
-finish within the grace period, then the transports stop and the model is freed.
+Order matters. Ports are bound first and health says NOT_SERVING; the models load (side by side)
+and each runs a warm-up batch; then health says SERVING. On shutdown: NOT_SERVING, no new
+requests, admitted ones finish within the grace period, then the transports stop and the models
+are freed.
 """
 
 from __future__ import annotations
@@ -11,23 +12,25 @@ import asyncio
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar
 
 import grpc
 
 from ..config import SchedulerConfig, ServerConfig
-from ..core import EmbedRequest, Scheduler
 from ..embedder import Embedder
+from ..reranker import Reranker
 from .grpc_service import create_server
 from .http_app import HttpServer, create_http_server
 from .metrics import ServerMetrics
-from .state import ServingState
+from .state import ServedModel, ServingState, check_unique_names, serve_model
 
 log = logging.getLogger(__name__)
 
-Loader = Callable[[], Embedder]  # runs on a worker thread; Embedder.load(...) in practice
+# Runs on a worker thread: Embedder.load(...) or Reranker.load(...) in practice (the manifest's task).
+Loader = Callable[[], Embedder | Reranker]
 T = TypeVar("T")
 _SEND_WINDOW = 1  # seconds the transports get, after the grace period, to send the answers settled by it
 
@@ -67,14 +70,19 @@ class Ports:
 
 
 class EmbeddingServer:
-    """gRPC + optional HTTP in front of one ``Scheduler``; all methods run on one event loop."""
+    """gRPC + optional HTTP in front of one core per model; all methods run on one event loop.
 
-    def __init__(self, loader: Loader, config: ServerConfig | None = None,
+    ``loader``: one loader, or several (an embedder and a reranker, two embedders, ...); each model
+    gets its own core with the ``scheduler`` configuration, so limits such as ``max_queued_requests``
+    hold per model.
+    """
+
+    def __init__(self, loader: Loader | Sequence[Loader], config: ServerConfig | None = None,
                  scheduler: SchedulerConfig | None = None) -> None:
         self.config = config or ServerConfig()
         self.scheduler_config = scheduler or SchedulerConfig()
         self.state = ServingState(ServerMetrics())
-        self._loader = loader
+        self._loaders: tuple[Loader, ...] = tuple(loader) if isinstance(loader, Sequence) else (loader,)
         self._grpc: grpc.aio.Server | None = None
         self._http: HttpServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -101,24 +109,31 @@ class EmbeddingServer:
         self._loaded = asyncio.create_task(self._load())
         return self.ports
 
-    def _load_model(self) -> tuple[Embedder, Scheduler]:
-        embedder = self._loader()
+    def _load_model(self, loader: Loader) -> ServedModel:
+        model = loader()
         try:
-            return embedder, Scheduler.for_embedder(embedder, self.scheduler_config, self.state.metrics)
+            return serve_model(model, self.scheduler_config, self.state.metrics)
         except BaseException:
-            embedder.close()
+            model.close()
             raise
 
     async def _load(self) -> None:
-        embedder, scheduler = await _off_loop(self._load_model, "embedrt-load")
+        loads = [_off_loop(partial(self._load_model, loader), "embedrt-load") for loader in self._loaders]
+        outcomes = await asyncio.gather(*loads, return_exceptions=True)
+        models = [m for m in outcomes if isinstance(m, ServedModel)]
         try:
-            if self.config.warmup:  # the first batch pays for allocations and kernel selection
-                await asyncio.wrap_future(scheduler.submit(EmbedRequest(("warm-up",))))
+            failed = [e for e in outcomes if isinstance(e, BaseException)]
+            if failed:
+                raise failed[0]
+            check_unique_names((m.name, str(m.model.path)) for m in models)  # requests pick models by name
+            if self.config.warmup:
+                await asyncio.gather(*(asyncio.wrap_future(m.warm_up()) for m in models))
+            await self.state.loaded(models)
         except BaseException:
-            scheduler.close()
-            embedder.close()
+            for served in models:
+                served.scheduler.close()
+                served.model.close()
             raise
-        await self.state.loaded(embedder, scheduler)
 
     async def wait_ready(self) -> None:
         """Return once SERVING; raise whatever loading or warming up raised."""
@@ -130,12 +145,13 @@ class EmbeddingServer:
         transports). True if every admitted request was answered within the grace period."""
         grace = self.config.grace_s if grace is None else grace
         await self.state.set_phase("draining")
-        scheduler, drained = self.state.scheduler, True
-        if scheduler is not None:
-            drained = await _off_loop(lambda: scheduler.drain(grace), "embedrt-drain")
+        served = list(self.state.models.values())
+        drains = [_off_loop(partial(s.scheduler.drain, grace), "embedrt-drain") for s in served]
+        drained = all(await asyncio.gather(*drains))
+        for s in served:
             # What the grace period did not finish fails now with UNAVAILABLE (retryable elsewhere), so
             # each transport answers it with a status instead of gRPC cancelling the call on stop.
-            scheduler.close(timeout=0)
+            s.scheduler.close(timeout=0)
         if self._loaded is not None and not self._loaded.done():
             self._loaded.cancel()
         window = _SEND_WINDOW
@@ -146,11 +162,10 @@ class EmbeddingServer:
             await self._grpc.stop(window)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=window + 1)
-        embedder = self.state.embedder
-        if embedder is not None:  # waits for a running backend call, so bounded by the send window too
-            closing = _off_loop(embedder.close, "embedrt-close")
-            done, _ = await asyncio.wait({closing}, timeout=window)
-            if not done:
+        if served:  # each waits for a running backend call, so bounded by the send window too
+            closing = {_off_loop(s.model.close, "embedrt-close") for s in served}
+            done, _ = await asyncio.wait(closing, timeout=window)
+            if len(done) < len(closing):
                 log.warning("a backend call still running after the grace period was left to the process exit")
         await self.state.set_phase("stopped")
         if not drained:
@@ -192,7 +207,7 @@ class ThreadedServer:
             srv.wait_ready(); channel = grpc.insecure_channel(f"127.0.0.1:{srv.ports.grpc}")
     """
 
-    def __init__(self, loader: Loader, config: ServerConfig | None = None,
+    def __init__(self, loader: Loader | Sequence[Loader], config: ServerConfig | None = None,
                  scheduler: SchedulerConfig | None = None) -> None:
         self.server = EmbeddingServer(loader, config, scheduler)
         self._loop = asyncio.new_event_loop()

@@ -1,19 +1,86 @@
-"""What both transports share: the serving phase, the scheduler once loaded, metrics, model facts."""
+"""What both transports share: the serving phase, the served models and how a request picks one, metrics.
+
+One server serves one or more artefacts, each an embedder or a reranker with its own core
+(``Scheduler`` / ``RerankScheduler``). A request picks its model by name (the manifest's), under one
+rule for both transports (``ServingState.route``):
+
+- a name the server serves is that model, if its task is the request's (else 400 naming the
+  endpoint that takes it);
+- otherwise, with one model of the request's task, that model, whatever the name (clients must send
+  one, and a one-model server should not care which);
+- otherwise, no name: 400 asking for one; an unknown name: 404 naming the models.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from .. import __version__
-from ..core import EmbedRequest, EmbedResult, Scheduler
+from ..config import SchedulerConfig
+from ..core import EmbedRequest, RerankRequest, RerankScheduler, Scheduler, TaskScheduler
 from ..embedder import Embedder
-from ..errors import UnavailableError
-from ..info import ModelInfo
+from ..errors import ArtefactError, InvalidFieldError, ModelNotFoundError, UnavailableError
+from ..info import ModelInfo, RerankerInfo
+from ..reranker import Reranker
 from .metrics import ServerMetrics
 
 Phase = Literal["loading", "ready", "draining", "stopped"]
+Transport = Literal["grpc", "http"]
+Task = Literal["embed", "rerank"]
+
+_KIND = {"embed": "embedding", "rerank": "rerank"}
+# Where each task's requests go, in each transport's terms, for the message that redirects a client.
+ENDPOINTS: dict[str, dict[str, str]] = {
+    "embed": {"http": "POST /v1/embeddings", "grpc": "embedrt.v1.Embedder/Embed"},
+    "rerank": {"http": "POST /v1/rerank (or TEI's POST /rerank)", "grpc": "embedrt.v1.Reranker/Rerank"},
+}
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One loaded artefact and its core."""
+
+    name: str
+    task: Task
+    model: Embedder | Reranker
+    scheduler: TaskScheduler[Any, Any]
+
+    def submit(self, request: Any) -> Future[Any]:
+        return self.scheduler.submit(request)
+
+    def warm_up(self) -> Future[Any]:
+        """One small request: the first batch pays for allocations and kernel selection."""
+        if isinstance(self.model, Reranker):
+            prompt = self.model.spec.prompt  # one that needs an instruction and has no default gets one
+            needed = prompt.takes_instruction and not prompt.default_instruction
+            return self.submit(RerankRequest("warm-up", ("warm-up",), instruction="warm-up" if needed else None))
+        return self.submit(EmbedRequest(("warm-up",)))
+
+    def info(self) -> ModelInfo | RerankerInfo:
+        return self.model.info()
+
+
+def serve_model(model: Embedder | Reranker, config: SchedulerConfig, metrics: ServerMetrics) -> ServedModel:
+    """A loaded model with its core, its metrics labelled with its name."""
+    name, sink = model.manifest.name, metrics.for_model(model.manifest.name)
+    if isinstance(model, Reranker):
+        return ServedModel(name, "rerank", model, RerankScheduler(model, config, metrics=sink))
+    return ServedModel(name, "embed", model, Scheduler.for_embedder(model, config, sink))
+
+
+def check_unique_names(named: Iterable[tuple[str, str]]) -> None:
+    """ArtefactError for two artefacts (name, where) of one name: requests could not tell them apart."""
+    seen: dict[str, str] = {}
+    for name, where in named:
+        if name in seen:
+            raise ArtefactError(f"{seen[name]} and {where} are both named {name!r}, and requests pick a model by "
+                                "name; serve them from separate servers, or export one under another name "
+                                "(embedrt export --name)")
+        seen[name] = where
 
 
 class ServingState:
@@ -22,9 +89,7 @@ class ServingState:
     def __init__(self, metrics: ServerMetrics | None = None) -> None:
         self.metrics = metrics or ServerMetrics()
         self.phase: Phase = "loading"
-        self.embedder: Embedder | None = None
-        self.scheduler: Scheduler | None = None
-        self.model = ""
+        self.models: dict[str, ServedModel] = {}  # in the order the artefacts were given
         self._listeners: list[Callable[[Phase], Awaitable[None]]] = []
 
     def on_phase(self, listener: Callable[[Phase], Awaitable[None]]) -> None:
@@ -37,41 +102,70 @@ class ServingState:
         for listener in self._listeners:
             await listener(phase)
 
-    async def loaded(self, embedder: Embedder, scheduler: Scheduler) -> None:
-        self.embedder, self.scheduler, self.model = embedder, scheduler, embedder.manifest.name
+    async def loaded(self, models: Sequence[ServedModel]) -> None:
+        """Serve ``models`` (of distinct names, ``check_unique_names``) from now on."""
+        self.models = {m.name: m for m in models}
         await self.set_phase("ready")
 
     @property
     def ready(self) -> bool:
         return self.phase == "ready"
 
-    def scheduler_or_raise(self) -> Scheduler:
-        if self.phase == "loading" or self.scheduler is None:
+    def tasks(self) -> set[str]:
+        return {m.task for m in self.models.values()}
+
+    def check_ready(self) -> None:
+        if self.phase == "loading" or not self.models:
             raise UnavailableError("the model is still loading; retry shortly (health reports SERVING when ready)")
         if self.phase != "ready":
             raise UnavailableError("the server is shutting down and takes no new requests; retry on another replica")
-        return self.scheduler
 
-    async def embed(self, request: EmbedRequest) -> EmbedResult:
-        """Submit to the core and wait without blocking the loop; cancelling the wait cancels the job."""
-        return await asyncio.wrap_future(self.scheduler_or_raise().submit(request))
+    def route(self, task: Task | None, name: str | None, transport: Transport) -> ServedModel:
+        """The model a request of ``task`` (None: any, as for Info) naming ``name`` goes to (module docstring)."""
+        self.check_ready()
+        name = name or None
+        if name is not None and name in self.models:
+            served = self.models[name]
+            if task is None or served.task == task:
+                return served
+            raise InvalidFieldError("model", f"{name} is a {_KIND[served.task]} model; send its requests to "
+                                    f"{ENDPOINTS[served.task][transport]}")
+        candidates = [m for m in self.models.values() if task is None or m.task == task]
+        if len(candidates) == 1:
+            return candidates[0]
+        if not candidates:
+            assert task is not None
+            others = sorted({m.task for m in self.models.values()})
+            raise InvalidFieldError("model", f"this server serves no {_KIND[task]} model, only {self._listing()}; "
+                                    f"send their requests to {' or '.join(ENDPOINTS[t][transport] for t in others)}")
+        kind = f"{_KIND[task]} models" if task else "models"
+        if name is None:
+            raise InvalidFieldError("model", f"this server serves several {kind} ({self._listing(task)}); name one")
+        raise ModelNotFoundError("model", f"this server serves no model {name!r}; its {kind} are "
+                                 f"{self._listing(task)}")
 
-    def info(self) -> ModelInfo:
-        self.scheduler_or_raise()
-        assert self.embedder is not None
-        return self.embedder.info()
+    def _listing(self, task: str | None = None) -> str:
+        return ", ".join(m.name if task else f"{m.name} ({m.task})" for m in self.models.values()
+                         if task is None or m.task == task)
+
+    async def run(self, served: ServedModel, request: Any) -> Any:
+        """Submit to the model's core and wait without blocking the loop; cancelling the wait cancels the job."""
+        return await asyncio.wrap_future(served.submit(request))
+
+    def info(self, name: str | None, transport: Transport) -> ModelInfo | RerankerInfo:
+        return self.route(None, name, transport).info()
 
 
-def info_fields(info: ModelInfo) -> dict[str, Any]:
-    """The served Info, as gRPC's ``InfoResponse`` fields and HTTP's ``/info`` document alike."""
+def info_fields(info: ModelInfo | RerankerInfo) -> dict[str, Any]:
+    """A served model's Info, as gRPC's ``InfoResponse`` fields and HTTP's ``/info`` document alike."""
+    common = {"model": info.name, "max_length": info.max_length, "backend": info.backend.backend,
+              "precision": info.backend.precision, "engine_key": info.backend.engine_key, "version": __version__,
+              "default_instruction": info.default_instruction or ""}
+    if isinstance(info, RerankerInfo):
+        return {**common, "task": "rerank", "pair_encoding": info.pair_encoding, "activation": info.activation}
     low, high = info.dimensions_range
-    return {
-        "model": info.name, "dimensions": high, "min_dimensions": low, "max_dimensions": high,
-        "max_length": info.max_length, "pooling": info.pooling, "normalize": info.normalize,
-        "backend": info.backend.backend, "precision": info.backend.precision, "engine_key": info.backend.engine_key,
-        "version": __version__, "query_template": info.query_template,
-        "default_instruction": info.default_instruction or "",
-    }
+    return {**common, "task": "embed", "dimensions": high, "min_dimensions": low, "max_dimensions": high,
+            "pooling": info.pooling, "normalize": info.normalize, "query_template": info.query_template}
 
 
-__all__ = ["Phase", "ServingState", "info_fields"]
+__all__ = ["ENDPOINTS", "Phase", "ServedModel", "ServingState", "check_unique_names", "info_fields", "serve_model"]

@@ -13,5 +13,6 @@ from ._generated import embedding_pb2 as pb2
 from ._generated import embedding_pb2_grpc as pb2_grpc
 
 SERVICE_NAME: str = pb2.DESCRIPTOR.services_by_name["Embedder"].full_name
+RERANKER_SERVICE_NAME: str = pb2.DESCRIPTOR.services_by_name["Reranker"].full_name
 
-__all__ = ["SERVICE_NAME", "pb2", "pb2_grpc"]
+__all__ = ["RERANKER_SERVICE_NAME", "SERVICE_NAME", "pb2", "pb2_grpc"]

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65mbedrt/v1/embedding.proto\x12\nembedrt.v1\"\xc9\x01\n\x0c\x45mbedRequest\x12\x0e\n\x06inputs\x18\x01 \x03(\t\x12\x18\n\x0binstruction\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\r\n\x05query\x18\x03 \x01(\x08\x12\x17\n\ndimensions\x18\x04 \x01(\rH\x01\x88\x01\x01\x12\x16\n\tnormalize\x18\x05 \x01(\x08H\x02\x88\x01\x01\x12\x15\n\x08truncate\x18\x06 \x01(\x08H\x03\x88\x01\x01\x42\x0e\n\x0c_instructionB\r\n\x0b_dimensionsB\x0c\n\n_normalizeB\x0b\n\t_truncate\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"4\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x02 \x01(\r\"k\n\rEmbedResponse\x12)\n\nembeddings\x18\x01 \x03(\x0b\x32\x15.embedrt.v1.Embedding\x12\r\n\x05model\x18\x02 \x01(\t\x12 \n\x05usage\x18\x03 \x01(\x0b\x32\x11.embedrt.v1.Usage\"\r\n\x0bInfoRequest\"\x97\x02\n\x0cInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\ndimensions\x18\x02 \x01(\r\x12\x16\n\x0emin_dimensions\x18\x03 \x01(\r\x12\x16\n\x0emax_dimensions\x18\x04 \x01(\r\x12\x12\n\nmax_length\x18\x05 \x01(\r\x12\x0f\n\x07pooling\x18\x06 \x01(\t\x12\x11\n\tnormalize\x18\x07 \x01(\x08\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12\x11\n\tprecision\x18\t \x01(\t\x12\x12\n\nengine_key\x18\n \x01(\t\x12\x0f\n\x07version\x18\x0b \x01(\t\x12\x16\n\x0equery_template\x18\x0c \x01(\t\x12\x1b\n\x13\x64\x65\x66\x61ult_instruction\x18\r \x01(\t2\xcb\x01\n\x08\x45mbedder\x12<\n\x05\x45mbed\x12\x18.embedrt.v1.EmbedRequest\x1a\x19.embedrt.v1.EmbedResponse\x12\x46\n\x0b\x45mbedStream\x12\x18.embedrt.v1.EmbedRequest\x1a\x19.embedrt.v1.EmbedResponse(\x01\x30\x01\x12\x39\n\x04Info\x12\x17.embedrt.v1.InfoRequest\x1a\x18.embedrt.v1.InfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65mbedrt/v1/embedding.proto\x12\nembedrt.v1\"\xe7\x01\n\x0c\x45mbedRequest\x12\x0e\n\x06inputs\x18\x01 \x03(\t\x12\x18\n\x0binstruction\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\r\n\x05query\x18\x03 \x01(\x08\x12\x17\n\ndimensions\x18\x04 \x01(\rH\x01\x88\x01\x01\x12\x16\n\tnormalize\x18\x05 \x01(\x08H\x02\x88\x01\x01\x12\x15\n\x08truncate\x18\x06 \x01(\x08H\x03\x88\x01\x01\x12\x12\n\x05model\x18\x07 \x01(\tH\x04\x88\x01\x01\x42\x0e\n\x0c_instructionB\r\n\x0b_dimensionsB\x0c\n\n_normalizeB\x0b\n\t_truncateB\x08\n\x06_model\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"4\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x02 \x01(\r\"k\n\rEmbedResponse\x12)\n\nembeddings\x18\x01 \x03(\x0b\x32\x15.embedrt.v1.Embedding\x12\r\n\x05model\x18\x02 \x01(\t\x12 \n\x05usage\x18\x03 \x01(\x0b\x32\x11.embedrt.v1.Usage\"+\n\x0bInfoRequest\x12\x12\n\x05model\x18\x01 \x01(\tH\x00\x88\x01\x01\x42\x08\n\x06_model\"\xd0\x02\n\x0cInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\ndimensions\x18\x02 \x01(\r\x12\x16\n\x0emin_dimensions\x18\x03 \x01(\r\x12\x16\n\x0emax_dimensions\x18\x04 \x01(\r\x12\x12\n\nmax_length\x18\x05 \x01(\r\x12\x0f\n\x07pooling\x18\x06 \x01(\t\x12\x11\n\tnormalize\x18\x07 \x01(\x08\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12\x11\n\tprecision\x18\t \x01(\t\x12\x12\n\nengine_key\x18\n \x01(\t\x12\x0f\n\x07version\x18\x0b \x01(\t\x12\x16\n\x0equery_template\x18\x0c \x01(\t\x12\x1b\n\x13\x64\x65\x66\x61ult_instruction\x18\r \x01(\t\x12\x0c\n\x04task\x18\x0e \x01(\t\x12\x15\n\rpair_encoding\x18\x0f \x01(\t\x12\x12\n\nactivation\x18\x10 \x01(\t\"\x85\x02\n\rRerankRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x11\n\tdocuments\x18\x02 \x03(\t\x12\x12\n\x05top_n\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0binstruction\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\x15\n\x08truncate\x18\x05 \x01(\x08H\x02\x88\x01\x01\x12\x1b\n\x0elong_documents\x18\x06 \x01(\tH\x03\x88\x01\x01\x12\x12\n\x05model\x18\x07 \x01(\tH\x04\x88\x01\x01\x12\x18\n\x10return_documents\x18\x08 \x01(\x08\x42\x08\n\x06_top_nB\x0e\n\x0c_instructionB\x0b\n\t_truncateB\x11\n\x0f_long_documentsB\x08\n\x06_model\"i\n\x0cRerankResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\x17\n\x0frelevance_score\x18\x02 \x01(\x02\x12\r\n\x05logit\x18\x03 \x01(\x02\x12\x15\n\x08\x64ocument\x18\x04 \x01(\tH\x00\x88\x01\x01\x42\x0b\n\t_document\"l\n\x0eRerankResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.embedrt.v1.RerankResult\x12\r\n\x05model\x18\x02 \x01(\t\x12 \n\x05usage\x18\x03 \x01(\x0b\x32\x11.embedrt.v1.Usage2\xcb\x01\n\x08\x45mbedder\x12<\n\x05\x45mbed\x12\x18.embedrt.v1.EmbedRequest\x1a\x19.embedrt.v1.EmbedResponse\x12\x46\n\x0b\x45mbedStream\x12\x18.embedrt.v1.EmbedRequest\x1a\x19.embedrt.v1.EmbedResponse(\x01\x30\x01\x12\x39\n\x04Info\x12\x17.embedrt.v1.InfoRequest\x1a\x18.embedrt.v1.InfoResponse2K\n\x08Reranker\x12?\n\x06Rerank\x12\x19.embedrt.v1.RerankRequest\x1a\x1a.embedrt.v1.RerankResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,17 +33,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'embedrt.v1.embedding_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EMBEDREQUEST']._serialized_start=43
-  _globals['_EMBEDREQUEST']._serialized_end=244
-  _globals['_EMBEDDING']._serialized_start=246
-  _globals['_EMBEDDING']._serialized_end=273
-  _globals['_USAGE']._serialized_start=275
-  _globals['_USAGE']._serialized_end=327
-  _globals['_EMBEDRESPONSE']._serialized_start=329
-  _globals['_EMBEDRESPONSE']._serialized_end=436
-  _globals['_INFOREQUEST']._serialized_start=438
-  _globals['_INFOREQUEST']._serialized_end=451
-  _globals['_INFORESPONSE']._serialized_start=454
-  _globals['_INFORESPONSE']._serialized_end=733
-  _globals['_EMBEDDER']._serialized_start=736
-  _globals['_EMBEDDER']._serialized_end=939
+  _globals['_EMBEDREQUEST']._serialized_end=274
+  _globals['_EMBEDDING']._serialized_start=276
+  _globals['_EMBEDDING']._serialized_end=303
+  _globals['_USAGE']._serialized_start=305
+  _globals['_USAGE']._serialized_end=357
+  _globals['_EMBEDRESPONSE']._serialized_start=359
+  _globals['_EMBEDRESPONSE']._serialized_end=466
+  _globals['_INFOREQUEST']._serialized_start=468
+  _globals['_INFOREQUEST']._serialized_end=511
+  _globals['_INFORESPONSE']._serialized_start=514
+  _globals['_INFORESPONSE']._serialized_end=850
+  _globals['_RERANKREQUEST']._serialized_start=853
+  _globals['_RERANKREQUEST']._serialized_end=1114
+  _globals['_RERANKRESULT']._serialized_start=1116
+  _globals['_RERANKRESULT']._serialized_end=1221
+  _globals['_RERANKRESPONSE']._serialized_start=1223
+  _globals['_RERANKRESPONSE']._serialized_end=1331
+  _globals['_EMBEDDER']._serialized_start=1334
+  _globals['_EMBEDDER']._serialized_end=1537
+  _globals['_RERANKER']._serialized_start=1539
+  _globals['_RERANKER']._serialized_end=1614
 # @@protoc_insertion_point(module_scope)

@@ -75,7 +75,8 @@ class EmbedderServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Info(self, request, context):
-        """The served model: dimensions, Matryoshka range, maximum length, pooling, backend, precision.
+        """A served model (an embedder or a reranker): dimensions, Matryoshka range, maximum length,
+        pooling, backend, precision.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -183,6 +184,85 @@ class Embedder:
             '/embedrt.v1.Embedder/Info',
             embedrt_dot_v1_dot_embedding__pb2.InfoRequest.SerializeToString,
             embedrt_dot_v1_dot_embedding__pb2.InfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class RerankerStub:
+    """Documents ranked by relevance to a query, with a reranker served beside (or instead of) embedders.
+    The pairs of concurrent requests are batched together on the server, as embeddings are.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Rerank = channel.unary_unary(
+                '/embedrt.v1.Reranker/Rerank',
+                request_serializer=embedrt_dot_v1_dot_embedding__pb2.RerankRequest.SerializeToString,
+                response_deserializer=embedrt_dot_v1_dot_embedding__pb2.RerankResponse.FromString,
+                _registered_method=True)
+
+
+class RerankerServicer:
+    """Documents ranked by relevance to a query, with a reranker served beside (or instead of) embedders.
+    The pairs of concurrent requests are batched together on the server, as embeddings are.
+    """
+
+    def Rerank(self, request, context):
+        """The documents' relevance scores, best first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RerankerServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Rerank': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rerank,
+                    request_deserializer=embedrt_dot_v1_dot_embedding__pb2.RerankRequest.FromString,
+                    response_serializer=embedrt_dot_v1_dot_embedding__pb2.RerankResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'embedrt.v1.Reranker', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('embedrt.v1.Reranker', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Reranker:
+    """Documents ranked by relevance to a query, with a reranker served beside (or instead of) embedders.
+    The pairs of concurrent requests are batched together on the server, as embeddings are.
+    """
+
+    @staticmethod
+    def Rerank(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embedrt.v1.Reranker/Rerank',
+            embedrt_dot_v1_dot_embedding__pb2.RerankRequest.SerializeToString,
+            embedrt_dot_v1_dot_embedding__pb2.RerankResponse.FromString,
             options,
             channel_credentials,
             insecure,
