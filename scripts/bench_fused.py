@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchdocs import write_section
+from benchdocs import cpu_name, write_section
 
 POINTS = ((1, 16), (8, 128), (4, 512))
 BERT_POINTS = ((1, 16), (32, 128), (8, 256))
@@ -160,7 +160,7 @@ def _section(args: argparse.Namespace, r: dict) -> str:
         "",
         f"`python scripts/bench_fused.py --layers {args.layers}`, {date.today()}: random Qwen3 of the 0.6B width "
         f"(hidden 1024, 16 / 8 heads, vocab 151669), {args.layers} layers, max length 512; {platform.machine()} / "
-        f"{_cpu()}, {args.threads} threads, ONNX Runtime CPU FP32, random token batches, median of at "
+        f"{cpu_name()}, {args.threads} threads, ONNX Runtime CPU FP32, random token batches, median of at "
         f"least {args.repeats} interleaved runs and {MIN_SECONDS:.0f} s per shape.",
         "",
         "| graph | nodes | Attention | RMSNormalization | RotaryEmbedding | Softmax | Cast | parity min cosine "
@@ -187,16 +187,6 @@ def _section(args: argparse.Namespace, r: dict) -> str:
               f"{b['parity']['fused fp32']:.7f} / {b['parity']['eager fp32']:.7f}.", "",
               *_speed_table(b["speed_tokens_per_s"]), "", "<!-- fused:end -->", ""]
     return "\n".join(lines)
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchdocs import write_section
+from benchdocs import cpu_name, write_section
 
 QUERY = "what is the capital of France and how large is it?"
 PEER_BATCH = 16
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _section(args: argparse.Namespace, rows: list[tuple[str, float, float, float, float]]) -> str:
     lines = ["<!-- rerank:begin -->", "## Reranking on CPU (scripts/bench_rerank.py)", "",
-             f"{date.today().isoformat()}; {_cpu()}, {args.threads} threads; Python {platform.python_version()}. "
+             f"{date.today().isoformat()}; {cpu_name()}, {args.threads} threads; Python {platform.python_version()}. "
              f"A random Qwen3-Reranker of the 0.6B width with {args.layers} layers (vocab 151669), FP32; one query "
              "against 100 documents of 100-500 tokens (uniform), one whole rerank request per round, median of "
              f"{args.rounds} after a warm-up; each side in its own process. transformers: the model card's method "
@@ -190,16 +190,6 @@ def _section(args: argparse.Namespace, rows: list[tuple[str, float, float, float
     lines += ["", "INT8 is not measured: `embedrt quantize` refuses rerankers for now. No GPU rows: no device was "
               "lent.", "<!-- rerank:end -->", ""]
     return "\n".join(lines)
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -57,3 +57,46 @@ def minilm_artefact(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     out = tmp_path_factory.mktemp("artefacts") / "minilm"
     export_model(str(minilm_dir), out, ExportOptions(), log=lambda _: None)
     return out
+
+
+# -- rerankers (issue #15): tiny random checkpoints, exported once (FP32) for the runtime and server tests ----
+# Room for the Qwen3-Reranker prompt (about 47 tokens with the fixture tokenizer) and a short pair; the
+# cross-encoder's is small so that ordinary test documents overflow it. tests/export exports its own (FP16 too).
+QWEN3_RERANKER_MAX_LENGTH = 192
+CROSS_ENCODER_MAX_LENGTH = 64
+
+
+@pytest.fixture(scope="session")
+def qwen3_reranker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from embedrt_export.testing.rerankers import make_qwen3_reranker
+
+    return make_qwen3_reranker(tmp_path_factory.mktemp("rerankers") / "tiny-qwen3-reranker")
+
+
+@pytest.fixture(scope="session")
+def cross_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from embedrt_export.testing.rerankers import make_cross_encoder
+
+    return make_cross_encoder(tmp_path_factory.mktemp("rerankers") / "tiny-cross-encoder")
+
+
+def _export_reranker(source: Path, out: Path, max_length: int) -> Path:
+    from embedrt_export import ExportOptions, export_model
+
+    export_model(str(source), out, ExportOptions(dtypes=("fp32",), max_length=max_length, task="rerank"),
+                 log=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def qwen3_reranker_artefact(qwen3_reranker_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Qwen3-Reranker (template pairs, an instruction)."""
+    return _export_reranker(qwen3_reranker_dir, tmp_path_factory.mktemp("artefacts") / "tiny-qwen3-reranker",
+                            QWEN3_RERANKER_MAX_LENGTH)
+
+
+@pytest.fixture(scope="session")
+def cross_encoder_artefact(cross_encoder_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT cross-encoder (text pairs with token types, no instruction)."""
+    return _export_reranker(cross_encoder_dir, tmp_path_factory.mktemp("artefacts") / "tiny-cross-encoder",
+                            CROSS_ENCODER_MAX_LENGTH)

@@ -27,23 +27,10 @@ def minilm_int8(minilm_artefact: Path, tmp_path_factory: pytest.TempPathFactory)
     return _quantized(minilm_artefact, tmp_path_factory.mktemp("q8") / "minilm")
 
 
-# -- rerankers (issue #15): tiny random checkpoints from embedrt_export.testing.rerankers, exported once ---------
+# -- rerankers (issue #15): the tiny checkpoints of tests/conftest.py, exported here with FP16 too and max length
+# 128 (these fixtures override the root's FP32-only exports inside tests/export) -----------------------------
 
 RERANK_MAX_LENGTH = 128
-
-
-@pytest.fixture(scope="session")
-def qwen3_reranker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from embedrt_export.testing.rerankers import make_qwen3_reranker
-
-    return make_qwen3_reranker(tmp_path_factory.mktemp("rerankers") / "tiny-qwen3-reranker")
-
-
-@pytest.fixture(scope="session")
-def cross_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from embedrt_export.testing.rerankers import make_cross_encoder
-
-    return make_cross_encoder(tmp_path_factory.mktemp("rerankers") / "tiny-cross-encoder")
 
 
 def _export(src: Path, dst: Path, **options: object) -> Path:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CROSS_ENCODER_MAX_LENGTH, QWEN3_RERANKER_MAX_LENGTH
 from rerank_helpers import CrossEncoderReference, Qwen3RerankerReference
 
 from embedrt import BackendConfig, BatchingConfig, Embedder, Reranker, RerankResult
@@ -37,12 +36,12 @@ FP32_SCORE_TOLERANCE = 1e-4
 
 @pytest.fixture(scope="module")
 def qwen3_reference(qwen3_reranker_dir: Path, qwen3_reranker: Reranker) -> Qwen3RerankerReference:
-    return Qwen3RerankerReference(qwen3_reranker_dir, qwen3_reranker.spec.prompt, QWEN3_RERANKER_MAX_LENGTH)
+    return Qwen3RerankerReference(qwen3_reranker_dir, qwen3_reranker.spec.prompt, qwen3_reranker.manifest.max_length)
 
 
 @pytest.fixture(scope="module")
-def cross_reference(cross_encoder_dir: Path) -> CrossEncoderReference:
-    return CrossEncoderReference(cross_encoder_dir, CROSS_ENCODER_MAX_LENGTH)
+def cross_reference(cross_encoder_dir: Path, cross_encoder: Reranker) -> CrossEncoderReference:
+    return CrossEncoderReference(cross_encoder_dir, cross_encoder.manifest.max_length)
 
 
 def test_qwen3_reranker_scores_match_the_model_card(qwen3_reranker: Reranker,
@@ -201,7 +200,7 @@ def test_info_lifecycle_and_threads(cross_encoder_artefact: Path) -> None:
         info = model.info()
         assert isinstance(info, RerankerInfo)
         assert (info.task, info.pair_encoding, info.activation) == ("rerank", "text_pair", "sigmoid")
-        assert info.max_length == CROSS_ENCODER_MAX_LENGTH
+        assert info.max_length == 64  # tests/conftest.py exports it so
         assert (info.backend.backend, info.backend.device, info.backend.precision) == ("onnxruntime", "cpu", "fp32")
         assert info.to_dict()["backend"]["backend"] == "onnxruntime"
         assert repr(model).startswith("Reranker('tiny-cross-encoder', backend='onnxruntime'")

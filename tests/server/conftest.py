@@ -11,11 +11,6 @@ from _serving import MAX_INPUTS, MAX_MESSAGE_BYTES, Served, serve
 from embedrt import Embedder, Reranker
 from embedrt.config import SchedulerConfig, ServerConfig
 
-# As tests/runtime/conftest.py exports them: room for the Qwen3-Reranker prompt and a short pair; a
-# small cross-encoder, so that ordinary test documents overflow it.
-QWEN3_RERANKER_MAX_LENGTH = 192
-CROSS_ENCODER_MAX_LENGTH = 64
-
 
 @pytest.fixture(scope="session")
 def artefact(qwen3_artefact: Path) -> Path:
@@ -45,23 +40,9 @@ def _export(source: Path, out: Path, **options: object) -> Path:
 
 
 @pytest.fixture(scope="session")
-def reranker_artefact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Qwen3-Reranker (template pairs, an instruction)."""
-    from embedrt_export.testing.rerankers import make_qwen3_reranker
-
-    source = make_qwen3_reranker(tmp_path_factory.mktemp("rerankers") / "tiny-qwen3-reranker")
-    return _export(source, tmp_path_factory.mktemp("artefacts") / "tiny-qwen3-reranker", dtypes=("fp32",),
-                   max_length=QWEN3_RERANKER_MAX_LENGTH, task="rerank")
-
-
-@pytest.fixture(scope="session")
-def cross_encoder_artefact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny BERT cross-encoder (text pairs with token types, no instruction)."""
-    from embedrt_export.testing.rerankers import make_cross_encoder
-
-    source = make_cross_encoder(tmp_path_factory.mktemp("rerankers") / "tiny-cross-encoder")
-    return _export(source, tmp_path_factory.mktemp("artefacts") / "tiny-cross-encoder", dtypes=("fp32",),
-                   max_length=CROSS_ENCODER_MAX_LENGTH, task="rerank")
+def reranker_artefact(qwen3_reranker_artefact: Path) -> Path:
+    """The tiny Qwen3-Reranker of tests/conftest.py (template pairs, an instruction)."""
+    return qwen3_reranker_artefact
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,17 +112,11 @@ class _Service:
         self.state.metrics.request("grpc", code, time.perf_counter() - started)
         await context.abort(getattr(grpc.StatusCode, code), str(exc))  # raises: ends the call
 
-
-class RerankerService(_Service):
-    """The ``embedrt.v1.Reranker`` handler: the same core, admission and errors as embeddings."""
-
-    async def Rerank(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def _unary(self, context: grpc.aio.ServicerContext, answer: Callable[[], Awaitable[Any]]) -> Any:
+        """One unary call: its reply, or its error mapped once; counted either way."""
         started = time.perf_counter()
         try:
-            plain = to_rerank_request(request, context)
-            served = self.state.route("rerank", _model(request), "grpc")
-            ranking = await self.state.run(served, plain)
-            reply = to_rerank_reply(ranking, plain, served.name, request.return_documents)
+            reply = await answer()
         except asyncio.CancelledError:
             self.state.metrics.request("grpc", "CANCELLED", time.perf_counter() - started)
             raise
@@ -130,24 +124,31 @@ class RerankerService(_Service):
             await self._fail(context, exc, started)
         self.state.metrics.request("grpc", "OK", time.perf_counter() - started)
         return reply
+
+
+class RerankerService(_Service):
+    """The ``embedrt.v1.Reranker`` handler: the same core, admission and errors as embeddings."""
+
+    async def Rerank(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def answer() -> Any:
+            plain = to_rerank_request(request, context)
+            served = self.state.route("rerank", _model(request), "grpc")
+            ranking = await self.state.run(served, plain)
+            return to_rerank_reply(ranking, plain, served.name, request.return_documents)
+
+        return await self._unary(context, answer)
 
 
 class EmbedderService(_Service):
     """The ``embedrt.v1.Embedder`` handlers. Thin: convert, call the core, map errors once."""
 
     async def Embed(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        started = time.perf_counter()
-        try:
+        async def answer() -> Any:
             plain = to_request(request, context)
             served = self.state.route("embed", _model(request), "grpc")
-            reply = to_reply(await self.state.run(served, plain), served.name)
-        except asyncio.CancelledError:
-            self.state.metrics.request("grpc", "CANCELLED", time.perf_counter() - started)
-            raise
-        except Exception as exc:
-            await self._fail(context, exc, started)
-        self.state.metrics.request("grpc", "OK", time.perf_counter() - started)
-        return reply
+            return to_reply(await self.state.run(served, plain), served.name)
+
+        return await self._unary(context, answer)
 
     async def _admit(self, request: EmbedRequest, served: ServedModel,
                      own: deque[asyncio.Future[EmbedResult]]) -> asyncio.Future[EmbedResult]:
@@ -232,13 +233,10 @@ class EmbedderService(_Service):
                     item[1].cancel()  # drops queued work before it reaches the backend
 
     async def Info(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        started = time.perf_counter()
-        try:
-            reply = pb2.InfoResponse(**info_fields(self.state.info(_model(request), "grpc")))
-        except Exception as exc:
-            await self._fail(context, exc, started)
-        self.state.metrics.request("grpc", "OK", time.perf_counter() - started)
-        return reply
+        async def answer() -> Any:
+            return pb2.InfoResponse(**info_fields(self.state.info(_model(request), "grpc")))
+
+        return await self._unary(context, answer)
 
 
 def _handlers(state: ServingState) -> tuple[grpc.GenericRpcHandler, ...]:
