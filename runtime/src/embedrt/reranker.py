@@ -105,7 +105,8 @@ class Reranker(Model):
         docs = _check_rerank(query, documents, long_documents)
         count = check_top_n(top_n, len(docs))
         windowed = long_documents == "max_window"
-        items = self.prepare([(query, d) for d in docs], instruction=instruction, truncate=truncate or windowed)
+        # Every text was checked just above: tokenize without validate_pairs checking the query once per document.
+        items = self._pairs.encode([(query, d) for d in docs], instruction=instruction, truncate=truncate or windowed)
         owners = list(range(len(docs)))
         if windowed:
             for i in [i for i, item in enumerate(items) if item.truncated]:
