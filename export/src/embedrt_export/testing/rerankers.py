@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..export.rerank_spec import QWEN3_RERANK_PROMPT
-from .synthetic import CORPUS, ENDOFTEXT, IM_END, IM_START, RandomQwen3Config, build_tokenizer
+from .synthetic import CORPUS, ENDOFTEXT, IM_END, IM_START, RandomQwen3Config, build_tokenizer, qwen3_config
 
 THINK, END_THINK = "<think>", "</think>"
 WORDPIECE_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -45,7 +45,7 @@ _SAMPLE_PROMPT = (QWEN3_RERANK_PROMPT.prefix + QWEN3_RERANK_PROMPT.format_pair(
 def make_qwen3_reranker(out_dir: str | Path, config: RandomQwen3Config = RandomQwen3Config(seed=3)) -> Path:
     """Write a random-weight Qwen3-Reranker-like checkpoint (``Qwen3ForCausalLM``) to ``out_dir``."""
     import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3ForCausalLM
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -72,24 +72,7 @@ def make_qwen3_reranker(out_dir: str | Path, config: RandomQwen3Config = RandomQ
     }
     (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
     torch.manual_seed(config.seed)
-    hf_config = Qwen3Config(  # type: ignore[call-arg]
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        num_key_value_heads=config.num_key_value_heads,
-        head_dim=config.head_dim,
-        max_position_embeddings=config.max_position_embeddings,
-        rope_theta=1_000_000.0,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=True,
-        bos_token_id=ids[ENDOFTEXT],
-        eos_token_id=ids[IM_END],
-        pad_token_id=ids[ENDOFTEXT],
-        torch_dtype="float32",
-        architectures=["Qwen3ForCausalLM"],
-    )
+    hf_config = qwen3_config(config, ids, architectures=["Qwen3ForCausalLM"])
     model = Qwen3ForCausalLM(hf_config).eval()
     with torch.no_grad():
         embed = model.model.embed_tokens.weight  # tied: also the LM head's rows

@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -172,19 +172,13 @@ def _write_sentence_transformers_files(out: Path, hidden: int, max_length: int) 
     )
 
 
-def make_random_qwen3(out_dir: str | Path, config: RandomQwen3Config = RandomQwen3Config()) -> Path:
-    """Write a random-weight Qwen3 checkpoint (safetensors + config + tokenizer) to ``out_dir``."""
-    import torch
-    from transformers import Qwen3Config, Qwen3Model
+def qwen3_config(config: RandomQwen3Config, ids: dict[str, int], **extra: Any) -> Any:  # -> Qwen3Config
+    """The transformers config of a random Qwen3 of ``config``'s shape; ``ids``: the tokenizer's special tokens."""
+    from transformers import Qwen3Config
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer_vocab = min(config.vocab_size, 1024)
-    ids = _write_tokenizer(out, tokenizer_vocab, config.max_position_embeddings)
-    torch.manual_seed(config.seed)
     # rope_theta and torch_dtype are the names transformers 4.x takes; 5.x still accepts them (mapping them
     # to rope_parameters and dtype, which 4.x does not know) but no longer lists them in its signature.
-    hf_config = Qwen3Config(  # type: ignore[call-arg]
+    return Qwen3Config(  # type: ignore[call-arg]
         vocab_size=config.vocab_size,
         hidden_size=config.hidden_size,
         intermediate_size=config.intermediate_size,
@@ -200,7 +194,21 @@ def make_random_qwen3(out_dir: str | Path, config: RandomQwen3Config = RandomQwe
         eos_token_id=ids[IM_END],
         pad_token_id=ids[ENDOFTEXT],
         torch_dtype="float32",
+        **extra,
     )
+
+
+def make_random_qwen3(out_dir: str | Path, config: RandomQwen3Config = RandomQwen3Config()) -> Path:
+    """Write a random-weight Qwen3 checkpoint (safetensors + config + tokenizer) to ``out_dir``."""
+    import torch
+    from transformers import Qwen3Model
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer_vocab = min(config.vocab_size, 1024)
+    ids = _write_tokenizer(out, tokenizer_vocab, config.max_position_embeddings)
+    torch.manual_seed(config.seed)
+    hf_config = qwen3_config(config, ids)
     model = Qwen3Model(hf_config).eval()
     with torch.no_grad():
         # A random Qwen3Model zeroes the pad row; a trained one does not, and the pad id is the
