@@ -57,6 +57,21 @@ def test_cohere_rerank_equals_the_library(mixed: Served, reranker: Reranker) -> 
     assert body["usage"] == {"total_tokens": _tokens(reranker, QUERY, DOCS)}
 
 
+def test_cohere_v2_rerank_is_the_same_ranking_with_cohere_s_meta(mixed: Served, reranker: Reranker) -> None:
+    reply = mixed.http.post("/v2/rerank", json={"model": "rerank-v3.5", "query": QUERY, "documents": DOCS,
+                                                "top_n": 3, "max_tokens_per_doc": 4096})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    _assert_ranked([(r["index"], r["relevance_score"]) for r in body["results"]],
+                   _expected(reranker, QUERY, DOCS, top_n=3))
+    tokens = _tokens(reranker, QUERY, DOCS)
+    assert body["meta"] == {"api_version": {"version": "2"},
+                            "billed_units": {"search_units": 1, "input_tokens": tokens}}
+    assert body["usage"] == {"total_tokens": tokens}
+    bad = mixed.http.post("/v2/rerank", json={"query": QUERY, "documents": []})
+    assert bad.status_code == 400 and "documents" in bad.json()["error"]["message"]
+
+
 def test_cohere_top_n_documents_instruction_and_windows(mixed: Served, reranker: Reranker) -> None:
     body = mixed.http.post("/v1/rerank", json={"model": "m", "query": QUERY, "documents": DOCS, "top_n": 2,
                                                "return_documents": True, "instruction": TASK}).json()

@@ -28,11 +28,11 @@ from ..core import EmbedRequest, EmbedResult
 from ..errors import ConfigError, InvalidInputError, MethodNotAllowedError, RouteNotFoundError, status_for
 from .http_body import BodyLimits
 from .http_errors import error_parts
-from .http_rerank import RerankBody, TeiRerankBody
+from .http_rerank import CohereV2RerankBody, RerankBody, TeiRerankBody
 from .state import ServingState, Task, info_fields
 
 _PARSE_OFF_LOOP = 1 << 16  # bodies larger than this are parsed on a thread, not on the event loop
-_ROUTES = "POST /v1/embeddings, /v1/rerank, /rerank, GET /health, /metrics, /info, /v1/models"
+_ROUTES = "POST /v1/embeddings, /v1/rerank, /v2/rerank, /rerank, GET /health, /metrics, /info, /v1/models"
 T = TypeVar("T")
 B = TypeVar("B", bound=BaseModel)
 
@@ -197,6 +197,10 @@ def create_app(state: ServingState, config: ServerConfig) -> FastAPI:
     @app.post("/v1/rerank")
     async def rerank(request: Request) -> Response:
         return await answer(request, RerankBody, "rerank")
+
+    @app.post("/v2/rerank")
+    async def rerank_v2(request: Request) -> Response:
+        return await answer(request, CohereV2RerankBody, "rerank")
 
     @app.post("/rerank")
     async def tei_rerank(request: Request) -> Response:

@@ -3,6 +3,8 @@
 - ``POST /v1/rerank``: Cohere's and Jina's shape, which LangChain, LlamaIndex and LiteLLM send:
   ``{model, query, documents, top_n, return_documents}`` -> ``{id, model, results: [{index,
   relevance_score, document?: {text}}], usage: {total_tokens}}``.
+- ``POST /v2/rerank``: Cohere's v2 (``cohere.ClientV2.rerank``): the same body (``model`` is required by
+  Cohere, any name here when one reranker is served); the answer adds Cohere's ``meta``.
 - ``POST /rerank``: text-embeddings-inference's: ``{query, texts, raw_scores, return_text, truncate}``
   -> ``[{index, score, text?}]``.
 
@@ -54,7 +56,19 @@ class RerankBody(BaseModel):
                 result["document"] = {"text": self.documents[r.index]}
             results.append(result)
         return json.dumps({"id": str(uuid.uuid4()), "model": model, "results": results,
-                           "usage": {"total_tokens": ranking.tokens}}).encode()
+                           "usage": {"total_tokens": ranking.tokens}, **self.extra(ranking)}).encode()
+
+    def extra(self, ranking: Ranking) -> dict[str, object]:
+        return {}
+
+
+class CohereV2RerankBody(RerankBody):
+    """POST /v2/rerank: Cohere's v2 API. Same fields; the answer carries ``meta`` as Cohere's does
+    (one search unit per request, its billing unit; tokens in ``billed_units`` and ``usage``)."""
+
+    def extra(self, ranking: Ranking) -> dict[str, object]:
+        return {"meta": {"api_version": {"version": "2"},
+                         "billed_units": {"search_units": 1, "input_tokens": ranking.tokens}}}
 
 
 class TeiRerankBody(BaseModel):
