@@ -26,6 +26,8 @@ DOCS = ["Paris is the capital and largest city of France.", "The quick brown fox
         "def add(a, b):\n    return a + b", "Der schnelle braune Fuchs springt über den faulen Hund. 🚀",
         "Retrieval systems rank passages for a query."]
 LONG = "Paris is the capital of France. " + "filler words about nothing " * 120  # over the 192-token limit
+# Over the limit too, in 5 windows ("max_window"): with two short documents, within MAX_INPUTS pairs.
+WINDOWED = "Paris is the capital of France. " + "filler words about nothing " * 20
 TASK = "Given a question, find the passage that answers it"
 
 
@@ -80,7 +82,7 @@ def test_cohere_top_n_documents_instruction_and_windows(mixed: Served, reranker:
     assert [r["document"] for r in body["results"]] == [{"text": DOCS[i]} for i, _, _ in want]
     clamped = mixed.http.post("/v1/rerank", json={"query": QUERY, "documents": DOCS[:3], "top_n": 50}).json()
     assert len(clamped["results"]) == 3  # top_n above the count: every document
-    docs = [LONG, *DOCS[:2]]
+    docs = [WINDOWED, *DOCS[:2]]
     windowed = mixed.http.post("/v1/rerank", json={"query": QUERY, "documents": docs,
                                                    "long_documents": "max_window"}).json()
     want = _expected(reranker, QUERY, docs, long_documents="max_window")
@@ -188,6 +190,20 @@ def test_text_that_is_not_utf8_is_400(mixed: Served) -> None:
         call(raw, timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "UTF-8" in info.value.details()
     assert len(mixed.rerank_stub.Rerank(pb2.RerankRequest(query=QUERY, documents=DOCS), timeout=10).results) == 5
+
+
+def test_max_window_windows_count_against_the_per_request_limit(mixed: Served) -> None:
+    """A long document in "max_window" mode is several pairs; the limit on pairs per request bounds them, so
+    one request cannot hold the backend with thousands of windows. Under the limit it ranks as usual."""
+    endless = "filler words about nothing " * 40 * MAX_INPUTS  # each window ~190 tokens: far more than the limit
+    reply = mixed.http.post("/v1/rerank", json={"query": QUERY, "documents": ["short", endless],
+                                                "long_documents": "max_window"})
+    assert reply.status_code == 400, reply.text
+    message = reply.json()["error"]["message"]
+    assert "`documents`" in message and f"limit of {MAX_INPUTS}" in message and "document 1" in message
+    ok = mixed.http.post("/v1/rerank", json={"query": QUERY, "documents": ["short", WINDOWED],
+                                             "long_documents": "max_window"})
+    assert ok.status_code == 200 and len(ok.json()["results"]) == 2
 
 
 def test_body_limits_hold_on_the_rerank_routes(mixed: Served) -> None:

@@ -330,7 +330,9 @@ class RerankScheduler(TaskScheduler[RerankRequest, Ranking]):
     def __init__(self, reranker: RerankModel | Reranker, config: SchedulerConfig | None = None, *,
                  metrics: SchedulerMetrics | None = None) -> None:
         self.reranker = reranker
-        super().__init__(RerankHead(reranker), config, metrics)
+        config = config or SchedulerConfig()
+        # "max_window" makes pairs of windows: the same limit bounds them, so one request cannot hold the backend
+        super().__init__(RerankHead(reranker, max_pairs=config.max_inputs_per_request), config, metrics)
 
 
 __all__ = [

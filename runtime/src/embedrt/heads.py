@@ -161,8 +161,9 @@ class RerankHead:
     few windows each); pairs of many requests share a backend call as texts do.
     """
 
-    def __init__(self, reranker: RerankModel) -> None:
+    def __init__(self, reranker: RerankModel, max_pairs: int | None = None) -> None:
         self.reranker = reranker
+        self.max_pairs = max_pairs  # pairs per request, windows included
 
     def check(self, request: RerankRequest, max_inputs: int) -> None:
         if not isinstance(request.query, str) or not request.query.strip():
@@ -190,7 +191,7 @@ class RerankHead:
         try:
             ranking = self.reranker.prepare_ranking(
                 request.query, request.documents, instruction=request.instruction, top_n=request.top_n,
-                long_documents=request.long_documents, truncate=request.truncate)
+                long_documents=request.long_documents, truncate=request.truncate, max_pairs=self.max_pairs)
         except InputTooLongError as exc:
             count = f"at least {exc.tokens}" if exc.at_least else str(exc.tokens)
             raise InvalidFieldError(f"documents[{exc.index}]", (

@@ -97,11 +97,12 @@ class Reranker(Model):
 
     def prepare_ranking(self, query: str, documents: Sequence[str], *, instruction: str | None = None,
                         top_n: int | None = None, long_documents: str = "truncate",
-                        truncate: bool = True) -> RankingInput:
+                        truncate: bool = True, max_pairs: int | None = None) -> RankingInput:
         """``rerank``'s first step: validate, then tokenize one pair per document (and, for
         "max_window", the further windows of each long document). ``truncate=False`` refuses a pair over
         the maximum length (``InputTooLongError``, its index the document's) instead of cutting it;
-        "max_window" never cuts a document, so it ignores ``truncate``."""
+        "max_window" never cuts a document, so it ignores ``truncate``. ``max_pairs``: the most pairs
+        (windows included) one ranking may make; beyond it, ``InvalidFieldError`` on ``documents``."""
         docs = _check_rerank(query, documents, long_documents)
         count = check_top_n(top_n, len(docs))
         windowed = long_documents == "max_window"
@@ -114,6 +115,11 @@ class Reranker(Model):
                 items[i] = windows[0]
                 items.extend(windows[1:])
                 owners.extend([i] * (len(windows) - 1))
+                if max_pairs is not None and len(items) > max_pairs:
+                    raise InvalidFieldError("documents", (
+                        f'with long_documents "max_window", document {i} alone makes {len(windows)} windows and '
+                        f"the request at least {len(items)} pairs, more than the limit of {max_pairs} per "
+                        'request; split the request, send shorter documents, or use long_documents "truncate"'))
         return RankingInput(items, np.asarray(owners), len(docs), count)
 
     def finish_ranking(self, scores: np.ndarray, logits: np.ndarray, ranking: RankingInput) -> list[RerankResult]:
