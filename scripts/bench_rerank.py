@@ -1,22 +1,26 @@
-"""Reranking 100 documents of 100-500 tokens against one query: embedrt vs transformers, same pairs, same run.
+"""Reranking 100 documents of 100-500 tokens against one query: embedrt vs its peers, same pairs, same run.
 
-    python scripts/bench_rerank.py [--layers 4] [--threads 2] [--rounds 7] [--work build/bench-rerank] [--no-docs]
+    python scripts/bench_rerank.py [--family both|qwen3|cross] [--layers 2] [--threads 2] [--rounds 3]
+                                   [--work build/bench-rerank] [--no-docs]
 
-Builds a random Qwen3-Reranker of the 0.6B width (hidden 1024, 16 / 8 heads, vocab 151669) with --layers
-layers, exports it (`embedrt export --task rerank --dtype fp32`), makes 100 documents of 100 to 500
-tokens and one query, then times in separate processes, one after the other, with --threads threads:
+Two families, each built with random weights, exported (`embedrt export --task rerank --dtype fp32`) and
+quantized for the CPU (`embedrt quantize --target cpu`: the int8-cpu graph behind the ranking gate):
 
-- embedrt: `Reranker.rerank(query, documents)` on ONNX Runtime CPU FP32 (the fused graph, and its eager twin);
-- transformers: the Qwen3-Reranker model card's method (AutoModelForCausalLM FP32 with SDPA, the card's
+- qwen3: a Qwen3-Reranker of the 0.6B width (hidden 1024, 16 / 8 heads, vocab 151669) with --layers
+  layers. Peers: the model card's method in transformers (AutoModelForCausalLM FP32 with SDPA, the card's
   prompt and truncation, left padding, yes / no logits at the last position), documents sorted by length
-  and batched 16 at a time, as a careful user would; `torch.inference_mode`. Twice: as the card writes it
-  (`model(**inputs).logits`: the whole LM head at every position), and with `logits_to_keep=1` (the last
-  position only), what a user who knows transformers well would pass.
+  and batched 16 at a time, `torch.inference_mode`; twice: as the card writes it (`model(**inputs).logits`,
+  the whole LM head at every position) and with `logits_to_keep=1` (the fair peer).
+- cross: a BERT cross-encoder of the shape of cross-encoder/ms-marco-MiniLM-L6-v2 (hidden 384, 6 layers,
+  12 heads; a small WordPiece vocabulary). Peer: sentence-transformers' `CrossEncoder.predict` (FP32,
+  its defaults, batch 32), as its users call it.
 
-Each side reports the median (p50) of --rounds whole-request latencies after one warm-up, pairs/s from
-it, and its scores; the script prints the largest score difference between the two. Writes the "rerank"
-section of docs/benchmarks.md unless --no-docs. INT8 is not measured: `embedrt quantize` does not take
-rerankers yet (it refuses them).
+embedrt sides: `Reranker.rerank(query, documents)` on ONNX Runtime CPU, FP32 fused graph, its eager twin,
+and INT8 (int8-cpu). Each side runs in its own process, one after the other, with --threads threads, and
+reports the median (p50) of --rounds whole-request latencies after one warm-up, pairs/s from it, and its
+scores; each row shows the largest score difference from the family's FP32 reference peer and, for INT8,
+the Spearman rank correlation with embedrt FP32. Writes the "rerank" section of docs/benchmarks.md unless
+--no-docs.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
@@ -39,22 +44,26 @@ from benchdocs import cpu_name, write_section
 
 QUERY = "what is the capital of France and how large is it?"
 PEER_BATCH = 16
+MAX_LENGTH = {"qwen3": 1024, "cross": 512}
+# Per family: its sides in run order, and the peer the ratios are taken against.
+SIDES = {
+    "qwen3": ("embedrt-fused", "embedrt-eager", "embedrt-int8", "transformers-last", "transformers"),
+    "cross": ("embedrt-fused", "embedrt-eager", "embedrt-int8", "sentence-transformers"),
+}
+BASELINE = {"qwen3": "transformers-last", "cross": "sentence-transformers"}
 
 
-def _documents(tokenizer_json: Path, count: int, seed: int = 0) -> list[str]:
-    """``count`` documents of 100 to 500 tokens (uniform), from the tokenizer's training sentences."""
-    from tokenizers import Tokenizer
-
+def _documents(count_tokens: Callable[[str], int], count: int, seed: int = 0) -> list[str]:
+    """``count`` documents of 100 to 500 tokens (uniform), from the fixture tokenizers' training sentences."""
     from embedrt_export.testing.synthetic import CORPUS
 
-    tok = Tokenizer.from_file(str(tokenizer_json))
     rng = np.random.default_rng(seed)
     words = " ".join(CORPUS).split()
     docs = []
     for _ in range(count):
         target = int(rng.integers(100, 501))
         text: list[str] = []
-        while len(tok.encode(" ".join(text), add_special_tokens=False).ids) < target:
+        while count_tokens(" ".join(text)) < target:
             text.append(words[int(rng.integers(len(words)))])
         docs.append(" ".join(text))
     return docs
@@ -70,11 +79,12 @@ def _time(call, rounds: int) -> tuple[float, object]:  # type: ignore[no-untyped
     return statistics.median(times), result
 
 
-def _embedrt(art: Path, docs: list[str], threads: int, rounds: int, attention: str) -> dict:
+def _embedrt(art: Path, docs: list[str], threads: int, rounds: int, form: str) -> dict:
     from embedrt import BackendConfig, Reranker
 
-    config = BackendConfig(intra_op_threads=threads, attention=attention)
-    with Reranker.load(art, "onnxruntime", precision="fp32", backend_config=config) as reranker:
+    precision = "int8" if form == "int8" else "fp32"
+    config = BackendConfig(intra_op_threads=threads, attention="fused" if form == "int8" else form)
+    with Reranker.load(art, "onnxruntime", precision=precision, backend_config=config) as reranker:
         p50, results = _time(lambda: reranker.rerank(QUERY, docs), rounds)
     scores = [0.0] * len(docs)
     for r in results:  # type: ignore[attr-defined]
@@ -97,7 +107,7 @@ def _transformers(model: Path, docs: list[str], threads: int, rounds: int, last_
     suffix_ids = tok.encode(suffix, add_special_tokens=False)
     yes, no = tok.convert_tokens_to_ids("yes"), tok.convert_tokens_to_ids("no")
     instruction = "Given a web search query, retrieve relevant passages that answer the query"
-    max_length = 1024
+    max_length = MAX_LENGTH["qwen3"]
     order = sorted(range(len(docs)), key=lambda i: len(docs[i]))
 
     def run() -> list[float]:
@@ -122,10 +132,23 @@ def _transformers(model: Path, docs: list[str], threads: int, rounds: int, last_
     return {"p50_s": p50, "scores": scores}
 
 
+def _sentence_transformers(model: Path, docs: list[str], threads: int, rounds: int) -> dict:
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    torch.set_num_threads(threads)
+    encoder = CrossEncoder(str(model), max_length=MAX_LENGTH["cross"], device="cpu")
+    pairs = [(QUERY, d) for d in docs]
+    p50, scores = _time(lambda: encoder.predict(pairs, show_progress_bar=False), rounds)
+    return {"p50_s": p50, "scores": [float(s) for s in scores]}  # type: ignore[union-attr]
+
+
 def _worker(args: argparse.Namespace) -> int:
     docs = json.loads(Path(args.docs).read_text())
     if args.worker.startswith("transformers"):
         out = _transformers(Path(args.model), docs, args.threads, args.rounds, args.worker == "transformers-last")
+    elif args.worker == "sentence-transformers":
+        out = _sentence_transformers(Path(args.model), docs, args.threads, args.rounds)
     else:
         out = _embedrt(Path(args.art), docs, args.threads, args.rounds, args.worker.split("-", 1)[1])
     print(json.dumps(out))
@@ -139,11 +162,61 @@ def _side(name: str, args: argparse.Namespace, work: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _prepare(family: str, layers: int, work: Path) -> None:
+    """The random checkpoint, its FP32 export, its int8-cpu graph, and the 100 documents."""
+    from tokenizers import Tokenizer
+
+    from embedrt_export.testing.rerankers import RandomCrossEncoderConfig, make_cross_encoder, make_qwen3_reranker
+    from embedrt_export.testing.synthetic import QWEN3_06B_SHAPE
+
+    work.mkdir(parents=True, exist_ok=True)
+    if family == "qwen3":
+        make_qwen3_reranker(work / "model", replace(QWEN3_06B_SHAPE, num_hidden_layers=layers, seed=3))
+    else:  # ms-marco-MiniLM-L6-v2's shape
+        make_cross_encoder(work / "model", RandomCrossEncoderConfig(hidden_size=384, num_hidden_layers=6,
+                                                                    num_attention_heads=12, intermediate_size=1536))
+    embedrt = [sys.executable, "-m", "embedrt.cli"]
+    subprocess.run([*embedrt, "export", str(work / "model"), "--out", str(work / "art"), "--task", "rerank",
+                    "--dtype", "fp32", "--max-length", str(MAX_LENGTH[family]), "--overwrite"],
+                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([*embedrt, "quantize", str(work / "art"), "--target", "cpu"], check=True, stdout=subprocess.DEVNULL)
+    tok = Tokenizer.from_file(str(work / "model" / "tokenizer.json"))
+    docs = _documents(lambda text: len(tok.encode(text, add_special_tokens=False).ids), 100)
+    (work / "docs.json").write_text(json.dumps(docs))
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ranks = [np.argsort(np.argsort(x)) for x in (a, b)]
+    return float(np.corrcoef(*ranks)[0, 1])
+
+
+Row = tuple[str, str, float, float, float, float, str]
+
+
+def _family(family: str, args: argparse.Namespace) -> list[Row]:
+    work = Path(args.work) / family
+    _prepare(family, args.layers, work)
+    sides = {name: _side(name, args, work) for name in SIDES[family]}
+    base = sides[BASELINE[family]]
+    reference = np.array(base["scores"])
+    fp32 = np.array(sides["embedrt-fused"]["scores"])
+    rows = []
+    for name, side in sides.items():
+        scores = np.array(side["scores"])
+        delta = float(np.abs(scores - reference).max())
+        rank = f"{_spearman(scores, fp32):.4f}" if name == "embedrt-int8" else ""
+        rows.append((family, name, side["p50_s"], 100 / side["p50_s"], base["p50_s"] / side["p50_s"], delta, rank))
+        print(f"{family:6s} {name:22s} p50 {side['p50_s'] * 1000:8.1f} ms  {100 / side['p50_s']:7.1f} pairs/s  "
+              f"{rows[-1][4]:.2f}x {BASELINE[family]}  max |score delta| {delta:.2e}  {rank}")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--family", choices=("both", "qwen3", "cross"), default="both")
+    parser.add_argument("--layers", type=int, default=2, help="Qwen3-Reranker layers (2: ~10 s a request here)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", default="build/bench-rerank")
     parser.add_argument("--no-docs", action="store_true")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -153,48 +226,33 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.worker:
         return _worker(args)
-
-    from embedrt_export.testing.rerankers import make_qwen3_reranker
-    from embedrt_export.testing.synthetic import QWEN3_06B_SHAPE
-
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    make_qwen3_reranker(work / "model", replace(QWEN3_06B_SHAPE, num_hidden_layers=args.layers, seed=3))
-    subprocess.run([sys.executable, "-m", "embedrt.cli", "export", str(work / "model"), "--out", str(work / "art"),
-                    "--task", "rerank", "--dtype", "fp32", "--max-length", "1024", "--overwrite"],
-                   check=True, stdout=subprocess.DEVNULL)
-    docs = _documents(work / "model" / "tokenizer.json", 100)
-    (work / "docs.json").write_text(json.dumps(docs))
-    sides = {name: _side(name, args, work) for name in ("embedrt-fused", "embedrt-eager", "transformers-last",
-                                                         "transformers")}
-    peer = np.array(sides["transformers"]["scores"])
-    rows = []
-    for name, side in sides.items():
-        delta = float(np.abs(np.array(side["scores"]) - peer).max())
-        rows.append((name, side["p50_s"], len(docs) / side["p50_s"], sides["transformers"]["p50_s"] / side["p50_s"],
-                     delta))
-        print(f"{name:15s} p50 {side['p50_s'] * 1000:8.1f} ms  {len(docs) / side['p50_s']:7.1f} pairs/s  "
-              f"{rows[-1][3]:.2f}x transformers  max |score delta| {delta:.2e}")
+    families = ("qwen3", "cross") if args.family == "both" else (args.family,)
+    rows = [row for family in families for row in _family(family, args)]
     if not args.no_docs:
         write_section("rerank", _section(args, rows))
     return 0
 
 
-def _section(args: argparse.Namespace, rows: list[tuple[str, float, float, float, float]]) -> str:
+def _section(args: argparse.Namespace, rows: list[Row]) -> str:
     lines = ["<!-- rerank:begin -->", "## Reranking on CPU (scripts/bench_rerank.py)", "",
              f"{date.today().isoformat()}; {cpu_name()}, {args.threads} threads; Python {platform.python_version()}. "
-             f"A random Qwen3-Reranker of the 0.6B width with {args.layers} layers (vocab 151669), FP32; one query "
-             "against 100 documents of 100-500 tokens (uniform), one whole rerank request per round, median of "
-             f"{args.rounds} after a warm-up; each side in its own process. transformers: the model card's method "
-             f"with SDPA, documents sorted by length, batches of {PEER_BATCH}; transformers-last: the same with "
-             "`logits_to_keep=1` (the LM head at the last position only, not at every position as the card's "
-             "code computes it). Ratios are against the card's method.", "",
-             "| side | p50 per request (ms) | pairs/s | vs transformers | max abs score difference vs transformers |",
-             "| --- | --- | --- | --- | --- |"]
-    for name, p50, pairs, ratio, delta in rows:
-        lines.append(f"| {name} | {p50 * 1000:.0f} | {pairs:.1f} | {ratio:.2f}x | {delta:.1e} |")
-    lines += ["", "INT8 is not measured: `embedrt quantize` refuses rerankers for now. No GPU rows: no device was "
-              "lent.", "<!-- rerank:end -->", ""]
+             "One query against 100 documents of 100-500 tokens (uniform), one whole rerank request per round, "
+             f"median of {args.rounds} after a warm-up; each side in its own process. Random weights, real "
+             f"architectures: qwen3 is a Qwen3-Reranker of the 0.6B width with {args.layers} layers (vocab 151669), "
+             "max length 1024; cross is a BERT cross-encoder of ms-marco-MiniLM-L6-v2's shape, max length 512. "
+             "embedrt: ONNX Runtime CPU, FP32 fused graph, its eager twin, and int8-cpu (`embedrt quantize "
+             "--target cpu`, which passed its ranking gate). Peers: transformers with the model card's method "
+             "(SDPA, documents sorted by length, batches of 16) as the card writes it (`transformers`: the LM head "
+             "at every position) and with `logits_to_keep=1` (`transformers-last`, the ratio's baseline); "
+             "sentence-transformers' `CrossEncoder.predict` with its defaults (the cross baseline). Score "
+             "differences are against the baseline; Spearman: INT8's ranking of the 100 documents against "
+             "embedrt FP32's.", "",
+             "| model | side | p50 per request (ms) | pairs/s | vs baseline | max abs score difference vs baseline "
+             "| Spearman vs FP32 |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for family, name, p50, pairs, ratio, delta, rank in rows:
+        lines.append(f"| {family} | {name} | {p50 * 1000:.0f} | {pairs:.1f} | {ratio:.2f}x | {delta:.1e} | {rank} |")
+    lines += ["", "No GPU rows: no device was lent.", "<!-- rerank:end -->", ""]
     return "\n".join(lines)
 
 

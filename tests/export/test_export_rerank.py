@@ -211,6 +211,13 @@ def test_export_parity_figures_are_within_the_gates(family: str, qwen3_reranker_
             report = graphs[precision].parity
             assert report["passed"] and report["metric"] == "max_abs_score_diff"
             assert report["max_abs_score_diff"] <= TOLERANCE[precision] == report["threshold_max_abs_score_diff"]
+            if precision == "fp16":  # gated against FP16-rounded weights; FP32 and the rounding's share recorded
+                assert report["reference"] == "pytorch-fp16-weights"
+                rounding = report["fp16_weight_rounding"]["max_abs_score_diff"]
+                assert 0 < rounding < TOLERANCE["fp16"]
+                assert report["vs_fp32"]["max_abs_score_diff"] <= report["max_abs_score_diff"] + rounding + 1e-7
+            else:
+                assert report["reference"] == "pytorch-fp32" and "vs_fp32" not in report
             assert report["max_abs_logit_diff"] <= (1e-4 if precision == "fp32" else 2e-2)  # recorded, not gated
             # Every fixed pair, the over-long one and (Qwen3) a custom instruction among them.
             assert report["pairs"] == (10 if family == "qwen3" else 9)
@@ -246,6 +253,53 @@ def test_a_graph_off_by_more_than_the_gate_fails_naming_the_pair() -> None:
     assert report["per_mode_max_abs_score_diff"]["single"] == 0.0
     with pytest.raises(ParityError, match=r"fp16 reranker graph fails parity: .* on pair 2 .*--dtype fp32"):
         check(report)
+
+
+def test_an_fp16_graph_is_gated_on_what_it_computes_not_on_what_fp16_weights_cost() -> None:
+    """Against FP16-rounded weights: a graph 3e-3 from FP32 passes when FP16 storage alone costs 2.5e-3
+    and the graph adds 5e-4; the same graph against FP32 alone would fail; one 3e-3 from the rounded
+    reference fails whatever the rounding costs."""
+    from embedrt_export.export.rerank_parity import measure
+    from embedrt_export.export.rerank_reference import EncodedPairs, Scored
+
+    pairs = [Pair("q", f"document {i}") for i in range(4)]
+    fp32 = Scored(np.array([0.1, 0.5, 0.9, 0.3]), np.array([-2.0, 0.0, 2.0, -1.0]), [], None)
+    rounded = Scored(fp32.scores + 2.5e-3, fp32.logits + 1e-2, [], None)
+
+    def graph(offset: float) -> Any:
+        def run(enc: EncodedPairs) -> np.ndarray:
+            rows = enc.input_ids[:, 0]
+            return np.stack([rounded.scores[rows] + offset, rounded.logits[rows]])
+        return run
+
+    def encode(batch: Any, side: str) -> EncodedPairs:
+        return EncodedPairs(np.array([[pairs.index(p)] for p in batch]), np.ones((len(batch), 1), np.int64))
+
+    report = measure(pairs, fp32, encode, graph(5e-4), "fp16", long_index=3, fp16_weights=rounded)
+    assert report["passed"] and report["reference"] == "pytorch-fp16-weights"
+    assert report["max_abs_score_diff"] == pytest.approx(5e-4)
+    assert report["vs_fp32"]["max_abs_score_diff"] == pytest.approx(3e-3)
+    assert report["fp16_weight_rounding"] == {"max_abs_score_diff": pytest.approx(2.5e-3),
+                                              "max_abs_logit_diff": pytest.approx(1e-2)}
+    assert not measure(pairs, fp32, encode, graph(5e-4), "fp16", long_index=3)["passed"]
+    assert not measure(pairs, fp32, encode, graph(3e-3), "fp16", long_index=3, fp16_weights=rounded)["passed"]
+
+
+def test_the_fp16_weights_reference_leaves_the_fp32_model_intact(qwen3_reranker_dir: Path) -> None:
+    """It rounds in place, then loads the FP32 weights again: what is traced afterwards is FP32."""
+    from embedrt_export.export.rerank_reference import RerankReference
+
+    spec = detect_spec(qwen3_reranker_dir, RERANK_MAX_LENGTH, task="rerank")
+    ref = RerankReference(qwen3_reranker_dir, spec)
+    pairs = [Pair("what is the capital of France?", "Paris is the capital of France."), Pair("a", "b")]
+    before = ref.score_alone(pairs)
+    weights = {k: v.clone() for k, v in ref.model.state_dict().items()}
+    rounded = ref.score_alone_fp16_weights(pairs)
+    assert 0 < np.abs(rounded.logits - before.logits).max() < 0.05
+    assert all(torch.equal(weights[k], v) for k, v in ref.model.state_dict().items())
+    head = ref.model.get_output_embeddings().weight
+    assert head is ref.model.get_input_embeddings().weight  # tied again, as the checkpoint says
+    np.testing.assert_array_equal(ref.score_alone(pairs).scores, before.scores)
 
 
 # -- the graphs against the model's own scoring, written here once more -------------------------------------------

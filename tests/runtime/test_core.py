@@ -284,7 +284,7 @@ class FakeReranker:
 
     def prepare_ranking(self, query: str, documents: Sequence[str], *, instruction: str | None = None,
                         top_n: int | None = None, long_documents: str = "truncate",
-                        truncate: bool = True) -> RankingInput:
+                        truncate: bool = True, max_pairs: int | None = None) -> RankingInput:
         count = check_top_n(top_n, len(documents))
         items = []
         for i, document in enumerate(documents):

@@ -108,7 +108,7 @@ def _export(stage: Path, model: str, options: ExportOptions, log: Callable[[str]
     what = f"pooling {spec.pooling}" if task == "embed" else f"reranker, {_describe(spec)}"
     log(f"model: {model_dir} ({spec.architecture}, hidden {spec.hidden_size}, {what}, "
         f"max length {spec.max_length}); graphs: {' + '.join(forms)} attention")
-    ref, gate = _reference(model_dir, spec, log)
+    ref, gate = _reference(model_dir, spec, options.dtypes, log)
 
     written: dict[str, dict[str, GraphFile]] = {}
     for form in forms:
@@ -161,7 +161,7 @@ class Gate(Protocol):
     def check(self, report: dict[str, Any]) -> None: ...
 
 
-def _reference(model_dir: Path, spec: ModelSpec,
+def _reference(model_dir: Path, spec: ModelSpec, dtypes: Sequence[str],
                log: Callable[[str], None]) -> tuple[Reference | RerankReference, Gate]:
     """The PyTorch model (traced by ``_trace``) and the parity gate built on it, for the spec's task."""
     if spec.task == "rerank":
@@ -169,7 +169,7 @@ def _reference(model_dir: Path, spec: ModelSpec,
         from .rerank_reference import RerankReference
 
         rerank_ref = RerankReference(model_dir, spec)
-        return rerank_ref, RerankGate.prepare(rerank_ref, model_dir, log)
+        return rerank_ref, RerankGate.prepare(rerank_ref, model_dir, log, fp16="fp16" in dtypes)
     ref = Reference(model_dir, spec)
     texts = parity.parity_texts(lambda t: spec.prompts.format_query(t))
     texts.append(parity.long_text(ref.count_tokens, spec.max_length))

@@ -77,8 +77,9 @@ class RerankReference:
             raise ExportError(f"transformers cannot load the tokenizer in {model_dir}: {_first_line(exc)}") from exc
         auto = AutoModelForCausalLM if template else AutoModelForSequenceClassification
         # Every weight counts here, the cross-encoder's pooler and classifier included: none may be random.
-        self.model = load_weights(lambda **kw: auto.from_pretrained(
+        self._load = lambda: load_weights(lambda **kw: auto.from_pretrained(
             model_dir, attn_implementation="eager", dtype=torch.float32, **kw), model_dir, allow_missing=()).eval()
+        self.model = self._load()
         if template:
             prompt = spec.rerank.prompt
             self.prefix_ids = self.tokenizer.encode(prompt.prefix, add_special_tokens=False)
@@ -136,6 +137,39 @@ class RerankReference:
         types = [s.type_ids[0] for s in each if s.type_ids is not None]
         return Scored(np.concatenate([s.scores for s in each]), np.concatenate([s.logits for s in each]),
                       [s.ids[0] for s in each], types if len(types) == len(each) else None)
+
+
+    def score_alone_fp16_weights(self, pairs: Sequence[Pair]) -> Scored:
+        """``score_alone`` with the weights an FP16 graph stores in FP16 rounded to FP16, computed in FP32.
+
+        What FP16 storage alone costs, whatever the graph computes: the floor under any FP16 graph's
+        error. Rounded: every Linear and Embedding of the transformer body (the matrices the FP16 graph
+        stores in FP16). Kept: norms, and the score head (the yes / no rows, a classifier and pooler),
+        which the graph keeps in FP32; a head tied to the input embedding is untied first. The model
+        is rounded in place and loaded again afterwards (no second copy in memory).
+        """
+        import gc
+
+        import torch
+
+        model = self.model
+        head = model.get_output_embeddings() if self.rerank.prompt.encoding == "template" else None
+        if head is not None and head.weight is model.get_input_embeddings().weight:
+            head.weight = torch.nn.Parameter(head.weight.detach().clone())
+        keep = {id(m) for name, m in model.named_modules() if "pooler" in name or "classifier" in name or m is head}
+        with torch.no_grad():
+            for module in model.modules():
+                if id(module) in keep or not isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+                    continue
+                for param in module.parameters(recurse=False):
+                    param.copy_(param.half().float())
+        try:
+            return self.score_alone(pairs)
+        finally:
+            model = head = module = None  # type: ignore[assignment]
+            self.model = None  # free the rounded model before the FP32 one loads again
+            gc.collect()
+            self.model = self._load()
 
 
 class PairEncoder:
