@@ -18,7 +18,7 @@ $(STAMP): $(DEPS)
 	$(PIP) install --upgrade "pip>=25.1"
 	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
 	$(PIP) install -c constraints.txt "torch==2.13.0"
-	$(PIP) install -c constraints.txt -e "runtime[server,tensorrt-rtx,bulk]" -e "export[tensorrt-rtx]"
+	$(PIP) install -c constraints.txt -e "runtime[server,tensorrt-rtx,bulk,ray]" -e "export[tensorrt-rtx]"
 	$(PIP) install -c constraints.txt --group dev
 	touch $(STAMP)
 
