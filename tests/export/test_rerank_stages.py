@@ -66,7 +66,14 @@ def test_engine_check_compares_scores_alone_and_batched(fixture: str, request: p
     assert report["max_abs_score_diff"] <= RERANK_ENGINE_TOLERANCE["fp16"] == report["threshold"]
     assert set(report["per_mode_max_abs_score_diff"]) == {"single", "batched"}
     assert report["pairs"] == manifest.graphs["fp32"].parity["pairs"]  # the export's parity pairs
+    # Gated against the closer of the FP32 and the FP16 graph: here the stand-in is the FP16 graph itself.
+    by_reference = report["max_abs_score_diff_by_reference"]
+    assert set(by_reference) == {"onnxruntime-fp32-cpu", "onnxruntime-fp16-cpu"}
+    assert report["reference"] == "onnxruntime-fp16-cpu" and by_reference["onnxruntime-fp16-cpu"] < 1e-6
+    assert 0 < by_reference["onnxruntime-fp32-cpu"] <= RERANK_ENGINE_TOLERANCE["fp16"]
     check(report)
+    fp32_engine = compare_backend(artefact, manifest, "fp32", _ort(artefact, manifest, "fp32"), log=lambda _: None)
+    assert list(fp32_engine["max_abs_score_diff_by_reference"]) == ["onnxruntime-fp32-cpu"]
     wrong = compare_backend(artefact, manifest, "fp16", _Shifted(_ort(artefact, manifest, "fp16"), 0.01),
                             log=lambda _: None)
     assert not wrong["passed"]
