@@ -100,6 +100,20 @@ def test_reranker_runs_int8_close_to_fp32(rerank_int8: Path) -> None:
         assert [r.index for r in ranked] == list(np.argsort(-got, kind="stable"))
 
 
+@pytest.mark.trt
+def test_int8_graph_builds_ahead_of_time(rerank_int8: Path, tmp_path: Path) -> None:
+    """TensorRT-RTX parses and builds the Q/DQ graph (as INT8 + FP16, a cross-encoder's token_type_ids and
+    Gemm head included); no GPU: the engine check against ONNX Runtime is skipped ahead of time."""
+    trt = pytest.importorskip("tensorrt_rtx_bindings",
+                              reason="TensorRT-RTX is not installed: pip install 'embedrt-export[tensorrt-rtx]'")
+    from embedrt_export.trt import BuildOptions, build_engines
+
+    artefact = _copy(rerank_int8, tmp_path / "a")
+    (record,) = build_engines(artefact, BuildOptions(("int8",), ("89",), "tensorrt-rtx"), log=lambda _: None)
+    assert str(record.key) == f"tensorrt-rtx-{trt.__version__}-sm89-int8" and record.build["int8_float"] == "fp16"
+    assert record.parity is None and record.plan_bytes > 0
+
+
 def test_unreachable_gate_fails_through_the_cli_and_changes_nothing(qwen3_reranker_int8: Path, tmp_path: Path,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     # From an artefact that has INT8 graphs already: a failed run keeps them as they are. A gate above 1 is
