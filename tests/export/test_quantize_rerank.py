@@ -1,8 +1,8 @@
 """``embedrt quantize`` on rerankers: the same two INT8 graphs, behind a ranking gate (quantize/ranking.py).
 
 On the tiny random Qwen3-Reranker (template pairs, an instruction) and BERT cross-encoder (text pairs,
-token type ids, a pooler and classifier as Gemm) of tests/export/conftest.py, quantized once per session
-on a few query lists.
+token type ids, a pooler and classifier as Gemm), quantized once per session on a few query lists
+(tests/export/conftest.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from quantize_helpers import _copy, _snapshot
+from quantize_helpers import RERANK_QUICK, _copy, _snapshot
 
 from embedrt import Reranker
 from embedrt.cli import main
@@ -24,29 +24,11 @@ from embedrt_export.export.source import file_sha256
 from embedrt_export.quantize import calibration
 from embedrt_export.quantize.ranking import ranks, spearman, top_agreement
 
-# A few query lists (10 documents each) keep each run to a few seconds; ranking figures need more than one list.
-RERANK_QUICK = dict(limit_calibration=12, limit_heldout=16, show_progress=False)
 RANKING_KEYS = {"mean_spearman", "min_spearman", "top_3_agreement", "max_abs_score_diff", "mean_abs_score_diff",
                 "max_abs_logit_diff", "mean_abs_logit_diff", "gate_mean_spearman", "passed", "lists", "pairs"}
 # The tiny random rerankers' logits differ by tenths between documents, so INT8's noise moves rankings more
 # than it would on a trained model; measured on the shipped held-out lists: docs/int8.md, "Rerankers".
 SCORE_TOLERANCE = 0.06  # max |Δscore| of the int8-cpu graph vs FP32 through the runtime
-
-
-def _quantized(src: Path, dst: Path) -> Path:
-    _copy(src, dst)  # the exported artefacts are shared: quantize a copy
-    quantize_artefact(dst, QuantizeOptions(**RERANK_QUICK), log=lambda _: None)  # defaults: both graphs, gate 0.95
-    return dst
-
-
-@pytest.fixture(scope="session")
-def qwen3_reranker_int8(qwen3_reranker_artefact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _quantized(qwen3_reranker_artefact, tmp_path_factory.mktemp("q8-rerank") / "qwen3-reranker")
-
-
-@pytest.fixture(scope="session")
-def cross_encoder_int8(cross_encoder_artefact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _quantized(cross_encoder_artefact, tmp_path_factory.mktemp("q8-rerank") / "cross-encoder")
 
 
 @pytest.fixture(params=["qwen3_reranker_int8", "cross_encoder_int8"])
@@ -61,13 +43,15 @@ def test_both_graphs_recorded_with_their_ranking_report(rerank_int8: Path) -> No
         report = graph.parity
         assert RANKING_KEYS <= set(report) and "mean_cosine" not in report
         assert report["passed"] and report["mean_spearman"] >= report["gate_mean_spearman"] == 0.95
-        assert report["lists"] + report["unranked_lists"] == 16 and report["pairs"] == 160
+        lists = RERANK_QUICK["limit_heldout"]
+        assert report["lists"] + report["unranked_lists"] == lists and report["pairs"] == 10 * lists
         assert report["ranked_by"] == "logit" and report["max_abs_score_diff"] < 0.1
         for name in (graph.file, *graph.external_data):
             assert m.files[name] == file_sha256(rerank_int8 / name)
         assert graph.attention == m.graphs["fp32"].attention
-    assert m.graphs["int8"].quantization["calibration"] == {
-        "source": "shipped:rerank_calibration.jsonl", "lists": 12, "pairs": 48, "batch_size": 8}
+    calib = RERANK_QUICK["limit_calibration"]
+    assert m.graphs["int8"].quantization["calibration"] == {  # 4 documents a calibration list
+        "source": "shipped:rerank_calibration.jsonl", "lists": calib, "pairs": 4 * calib, "batch_size": 8}
     assert m.graphs["int8-cpu"].quantization["integer_ops"]
     assert not list(rerank_int8.glob(".quantize-*"))
 
