@@ -1,4 +1,5 @@
-"""Regenerates the shipped calibration.jsonl and heldout.jsonl: python scripts/make_text_sets.py.
+"""Regenerates the shipped text sets (calibration.jsonl, heldout.jsonl) and the reranker's query lists
+made from them (rerank_calibration.jsonl, rerank_heldout.jsonl): python scripts/make_text_sets.py.
 
 The texts are written for this repository: short facts on many topics in several languages, code
 snippets, and search queries about them. Documents are random combinations of a topic's sentences
@@ -6,6 +7,11 @@ snippets, and search queries about them. Documents are random combinations of a 
 a task and formatted with the artefact's own query template when used. The held-out set draws its
 English documents and queries from topics the calibration set never sees. Deterministic. The files
 are written where embedrt-export loads them from (``embedrt_export/quantize/data/``).
+
+A reranker's sets are query lists: each query of a text set with documents of the same set, some on
+its subject (its topic; its language, for the multilingual texts; its own snippet, for code) and the
+rest from other subjects, shuffled. Lists draw only on their own text set, so the reranker's held-out
+pairs share no text with its calibration pairs either.
 """
 
 from __future__ import annotations
@@ -83,12 +89,47 @@ def _unique(records: list[dict[str, str]], taken: set[str]) -> list[dict[str, st
     return out
 
 
+# Documents per query list, and how many of them (at most) on the query's subject: held-out lists are
+# long enough for a ranking to mean something; calibration lists only need related and unrelated pairs.
+RERANK_LISTS = {"rerank_calibration.jsonl": ("calibration", 4, 2), "rerank_heldout.jsonl": ("heldout", 10, 3)}
+
+
+def query_lists(records: list[dict[str, str]], size: int, related: int, rng: random.Random) -> list[dict[str, object]]:
+    """Each query of ``records`` with ``size`` of its documents: up to ``related`` on its subject, the rest
+    not, shuffled; ``related`` in the record lists the indices of the former."""
+    docs = [r for r in records if r["kind"] == "document"]
+    snippet = dict(CODE)
+
+    def near(query: dict[str, str], doc: dict[str, str]) -> bool:
+        if query["lang"] == "code":
+            return doc["text"] == snippet[query["text"]]
+        return doc["lang"] == query["lang"] and doc.get("topic") == query.get("topic")
+
+    out: list[dict[str, object]] = []
+    for query in (r for r in records if r["kind"] == "query"):
+        close = [d["text"] for d in docs if near(query, d)]
+        far = [d["text"] for d in docs if not near(query, d)]
+        picked = rng.sample(close, min(related, len(close)))
+        chosen = [(text, True) for text in picked] + [(text, False) for text in rng.sample(far, size - len(picked))]
+        rng.shuffle(chosen)
+        out.append({"lang": query["lang"], "instruction": query["task"], "query": query["text"],
+                    "documents": [text for text, _ in chosen], "related": [i for i, (_, r) in enumerate(chosen) if r]})
+    return out
+
+
+def _write(name: str, records: list[dict[str, object]], unit: str) -> None:
+    lines = [json.dumps(r, ensure_ascii=False) for r in records]
+    (DATA / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"{name}: {len(records)} {unit}, {sum(len(x) for x in lines) // 1024} KiB")
+
+
 def main() -> None:
     calibration, heldout = build()
-    for name, records in (("calibration.jsonl", calibration), ("heldout.jsonl", heldout)):
-        lines = [json.dumps(r, ensure_ascii=False) for r in records]
-        (DATA / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
-        print(f"{name}: {len(records)} texts, {sum(len(x) for x in lines) // 1024} KiB")
+    sets = {"calibration": calibration, "heldout": heldout}
+    for name, records in sets.items():
+        _write(f"{name}.jsonl", records, "texts")  # type: ignore[arg-type]
+    for seed, (name, (source, size, related)) in enumerate(RERANK_LISTS.items(), 3):
+        _write(name, query_lists(sets[source], size, related, random.Random(seed)), "query lists")
 
 
 if __name__ == "__main__":

@@ -1,19 +1,21 @@
 """Export-test fixtures: the quantized tiny Qwen3 and MiniLM, built once per session and shared by
-test_quantize.py and test_quantize_cpu.py (tests that change an artefact copy it first)."""
+test_quantize.py and test_quantize_cpu.py, and the quantized tiny rerankers of test_quantize_rerank.py
+(tests that change an artefact copy it first)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from quantize_helpers import QUICK, _copy
+from quantize_helpers import QUICK, RERANK_QUICK, _copy
 
 
-def _quantized(src: Path, dst: Path) -> Path:
+def _quantized(src: Path, dst: Path, limits: dict[str, object] = QUICK) -> Path:
     from embedrt_export import QuantizeOptions, quantize_artefact
 
     _copy(src, dst)  # the exported artefacts are shared too: quantize a copy
-    quantize_artefact(dst, QuantizeOptions(**QUICK), log=lambda _: None)  # defaults: both graphs, auto-exclusion on
+    # defaults: both graphs, the task's gate, auto-exclusion on
+    quantize_artefact(dst, QuantizeOptions(**limits), log=lambda _: None)  # type: ignore[arg-type]
     return dst
 
 
@@ -48,3 +50,13 @@ def qwen3_reranker_artefact(qwen3_reranker_dir: Path, tmp_path_factory: pytest.T
 @pytest.fixture(scope="session")
 def cross_encoder_artefact(cross_encoder_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _export(cross_encoder_dir, tmp_path_factory.mktemp("artefacts") / "tiny-cross-encoder")
+
+
+@pytest.fixture(scope="session")
+def qwen3_reranker_int8(qwen3_reranker_artefact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _quantized(qwen3_reranker_artefact, tmp_path_factory.mktemp("q8") / "qwen3-reranker", RERANK_QUICK)
+
+
+@pytest.fixture(scope="session")
+def cross_encoder_int8(cross_encoder_artefact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _quantized(cross_encoder_artefact, tmp_path_factory.mktemp("q8") / "cross-encoder", RERANK_QUICK)

@@ -12,6 +12,9 @@ from embedrt.manifest import load_manifest
 # Calibration on few texts (the shipped set has several hundred) keeps the tests quick; the held-out
 # set is cut too, keeping enough queries and documents for top-10 retrieval agreement.
 QUICK = dict(limit_calibration=40, limit_heldout=64, show_progress=False)
+# A reranker's sets are query lists (10 documents each in the held-out set): a few lists keep each run to
+# a few seconds; the ranking figures need more than one.
+RERANK_QUICK = dict(limit_calibration=12, limit_heldout=16, show_progress=False)
 LINEAR_PER_LAYER = {"qwen3": 7, "bert": 6}  # q k v o gate up down / q k v attn-out intermediate output
 
 

@@ -1,5 +1,6 @@
 """The stages after export for a reranker artefact: TensorRT-RTX builds its graphs ahead of time (a
-cross-encoder's token_type_ids included), the engine check compares scores, and quantize says it cannot yet."""
+cross-encoder's token_type_ids included) and the engine check compares scores. Quantizing a reranker:
+test_quantize_rerank.py."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from embedrt.config import BackendConfig
 from embedrt.manifest import Manifest, load_manifest
-from embedrt_export.errors import ParityError, QuantizationError
+from embedrt_export.errors import ParityError
 from embedrt_export.trt.verify import RERANK_ENGINE_TOLERANCE, check, compare_backend
 
 FAMILIES = ["qwen3_reranker_artefact", "cross_encoder_artefact"]
@@ -22,18 +23,6 @@ def _copy(src: Path, tmp_path: Path) -> Path:
     out = tmp_path / src.name
     shutil.copytree(src, out)  # session fixtures are shared: engines and graphs go into a copy
     return out
-
-
-@pytest.mark.parametrize("fixture", FAMILIES)
-def test_quantize_refuses_a_reranker_before_any_work(fixture: str, request: pytest.FixtureRequest,
-                                                     tmp_path: Path) -> None:
-    from embedrt_export import QuantizeOptions, quantize_artefact
-
-    artefact = _copy(request.getfixturevalue(fixture), tmp_path)
-    before = sorted(p.name for p in artefact.iterdir())
-    with pytest.raises(QuantizationError, match="rerank model; embedrt quantize makes INT8 graphs of embedding"):
-        quantize_artefact(artefact, QuantizeOptions(), log=lambda _: None)
-    assert sorted(p.name for p in artefact.iterdir()) == before
 
 
 class _Shifted:

@@ -88,6 +88,25 @@ def _quantize_weight(weight: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndar
     return q, scale
 
 
+CPU_UNSUPPORTED = "not a MatMul with a 2-D float weight"
+
+
+def _weight(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> onnx.TensorProto | None:
+    """The 2-D float weight initializer of a MatMul this quantizer can rewrite, else None."""
+    weight = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+    if weight is None or len(weight.dims) != 2 or weight.data_type != TensorProto.FLOAT:
+        return None
+    return weight
+
+
+def unsupported(model: onnx.ModelProto, nodes: Sequence[str]) -> list[str]:
+    """Those of ``nodes`` that ``quantize_per_token`` would leave float: e.g. the ``Gemm`` of a cross-encoder's
+    pooler and classifier, which see one row per input, a negligible share of the work."""
+    inits = {i.name: i for i in model.graph.initializer}
+    wanted = set(nodes)
+    return [n.name for n in model.graph.node if n.name in wanted and _weight(n, inits) is None]
+
+
 def quantize_per_token(model: onnx.ModelProto, nodes: Sequence[str], weight_bits: int = 7,
                        per_tensor: Collection[str] = ()) -> CpuInt8Result:
     """Rewrite ``nodes`` (MatMul with a 2-D float weight initializer) of ``model`` in place.
@@ -127,9 +146,9 @@ def quantize_per_token(model: onnx.ModelProto, nodes: Sequence[str], weight_bits
         if node.name not in wanted:
             new_nodes.append(node)
             continue
-        weight = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        if weight is None or len(weight.dims) != 2 or weight.data_type != TensorProto.FLOAT:
-            skipped[node.name] = "not a MatMul with a 2-D float weight"
+        weight = _weight(node, inits)
+        if weight is None:
+            skipped[node.name] = CPU_UNSUPPORTED
             new_nodes.append(node)
             continue
         k, n = (int(d) for d in weight.dims)

@@ -14,6 +14,10 @@ Both take the same plan (which MatMuls are linear layers, ``--exclude``) and the
 exclusion search when the first try misses the gate. Everything is written in a hidden directory
 inside the artefact, checked, gated, and only then moved into place and recorded in the manifest
 (written atomically). A failure leaves the artefact as it was.
+
+The steps are the same for every task; what the graphs are calibrated on and how they are judged
+against FP32 come from the task (``judge.py``): embedding models on held-out texts by cosine,
+rerankers on held-out query lists by the rankings they give.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from embedrt.manifest import MANIFEST_NAME, GraphFile, Manifest, Precision, load
 from ..errors import QuantizationError
 from ..export.artefact import checksums, write_atomic
 from . import autoexclude, calibration, cpu_int8, quality
+from .judge import Calibration, Judge, for_task
 from .plan import QUANTIZED_OPS, Plan, make_plan, nonzero_zero_points, quantized_matmuls, role
 from .report import cpu_failure, cpu_record, log_gate, qdq_failure, qdq_record
 
@@ -49,18 +54,19 @@ class QuantizeOptions:
     method: str = "max"
     smoothquant: float | None = None  # alpha, or None for off
     exclude: tuple[str, ...] = ()
-    gate: float = 0.99
+    gate: float | None = None  # minimum of the task's gated metric (judge.py); None: the task's default
     per_layer_sensitivity: bool = False
     auto_exclude: bool = True  # below the gate, keep the most harmful layer groups float (autoexclude.py)
     max_auto_exclusions: int = 4  # groups the search may keep float before it gives up
     cpu_variant: bool = True  # build the int8-cpu graph (ONNX Runtime CPU)
     qdq_graph: bool = True  # build the int8 Q/DQ graph (TensorRT); --target cpu turns it off
-    # How much mean cosine a norm-fed layer group may cost, against the all-per-token graph, to get one
-    # activation scale per tensor (a fused, faster kernel); None: every layer per token (cpu_int8.py).
+    # How much of the gated metric (mean cosine, mean Spearman) a norm-fed layer group may cost, against the
+    # all-per-token graph, to get one activation scale per tensor (a fused, faster kernel); None: every
+    # layer per token (cpu_int8.py).
     per_tensor_tolerance: float | None = 0.0005
     cpu_weight_bits: int = 7  # 7: saturation-free on every x86 CPU; 8: finer, may saturate on AVX2 (cpu_int8.py)
     batch_size: int = 8
-    limit_calibration: int | None = None  # use the first N texts (tests, quick looks)
+    limit_calibration: int | None = None  # use the first N texts (a reranker's: query lists); tests, quick looks
     limit_heldout: int | None = None
     show_progress: bool = True
 
@@ -90,7 +96,7 @@ def _static_options() -> dict[str, Any]:
 
 @dataclass
 class _Work:
-    """What one quantize run has in hand: paths in the staging directory and the texts."""
+    """What one quantize run has in hand: paths in the staging directory, the calibration feeds, the judge."""
 
     artefact: Path
     stage: Path
@@ -99,17 +105,22 @@ class _Work:
     log: Log
     source: Path  # the float graph the quantizer reads (pre-processed, maybe smoothed)
     plan: Plan
-    cpu_plan: Plan  # the same layers; the CPU graph's own exclusion search starts from it
-    held: quality.HeldOut
-    calib_batches: list[calibration.Feed]
-    calib_source: str
+    cpu_plan: Plan  # the same layers but those the CPU quantizer cannot take; its own exclusion search starts here
+    judge: Judge
+    calib: Calibration
+
+    @property
+    def threshold(self) -> float:
+        """``--gate``, or the task's default: ``quantize_artefact`` settles it before any work."""
+        assert self.options.gate is not None
+        return self.options.gate
 
     def quantize_static(self, out: Path, nodes: tuple[str, ...], progress: bool) -> None:
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
         for stale in (out, out.with_name(f"{out.name}.data")):
             stale.unlink(missing_ok=True)  # onnx appends external data to an existing file: start clean
-        reader = calibration.CalibrationReader(self.calib_batches, show_progress=progress)
+        reader = calibration.CalibrationReader(self.calib.batches, show_progress=progress)
         # ORT's histogram calibrators print a line per batch to stdout; the progress bar says enough.
         with contextlib.redirect_stdout(io.StringIO()):
             quantize_static(
@@ -120,8 +131,13 @@ class _Work:
                 extra_options=_static_options(), calibration_cache_path=str(self.stage / "ranges.json"))
         reader.close()
 
-    def mean_cosine(self, graph: Path) -> float:
-        return quality.compare(self.held, self.held.embed(quality.open_session(graph)), 0.0)["mean_cosine"]
+    def measure(self, graph: Path) -> dict[str, Any]:
+        """The quality report of ``graph`` against FP32, gated."""
+        return self.judge.measure(graph, self.threshold)
+
+    def figure(self, graph: Path) -> float:
+        """``graph``'s gated figure (a probe's: no gate)."""
+        return float(self.judge.measure(graph, 0.0)[self.judge.metric.key])
 
 
 def quantize_artefact(artefact: str | Path, options: QuantizeOptions = QuantizeOptions(),
@@ -129,11 +145,8 @@ def quantize_artefact(artefact: str | Path, options: QuantizeOptions = QuantizeO
     """Add the INT8 graphs (Q/DQ for TensorRT, per-token u8s8 for CPU) to ``artefact``; returns the new manifest."""
     root = Path(artefact).resolve()
     manifest = load_manifest(root)
-    if manifest.task != "embed":
-        raise QuantizationError(
-            f"{root} is a {manifest.task} model; embedrt quantize makes INT8 graphs of embedding models only so far "
-            "(its quality gate compares embeddings; a reranker's needs a ranking gate on query-document lists). "
-            "Serve this artefact's fp16 or fp32 graph")
+    if options.gate is None:
+        options = replace(options, gate=for_task(manifest.task).metric.default_gate)
     fp32 = root / manifest.graph("fp32").file
     _calibrate_method(options.method)
     if not (options.qdq_graph or options.cpu_variant):
@@ -162,17 +175,7 @@ def quantize_artefact(artefact: str | Path, options: QuantizeOptions = QuantizeO
 def _prepare(root: Path, stage: Path, manifest: Manifest, fp32: Path, options: QuantizeOptions, log: Log) -> _Work:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    records = calibration.load_records(options.calibration or calibration.SHIPPED["calibration"])
-    records = records[: options.limit_calibration] if options.limit_calibration else records
-    held_records = calibration.load_records(calibration.SHIPPED["heldout"])
-    held_records = held_records[: options.limit_heldout] if options.limit_heldout else held_records
-    if not records:
-        raise QuantizationError("the calibration set is empty")
-    encoder = calibration.TextEncoder(root, manifest)
-    batches = encoder.batches(calibration.format_records(records, manifest), options.batch_size)
-    log(f"held-out: {len(held_records)} texts through the FP32 graph (reference)")
-    held = quality.HeldOut.build(calibration.format_records(held_records, manifest),
-                                 [r.kind for r in held_records], encoder, fp32)
+    calib, judge = for_task(manifest.task).prepare(root, manifest, fp32, options, log)
     # Shape inference only: ORT's graph optimisations would fuse norms into com.microsoft ops,
     # which TensorRT cannot parse and which would hide the structure the plan reads.
     source = stage / "float.onnx"
@@ -180,21 +183,22 @@ def _prepare(root: Path, stage: Path, manifest: Manifest, fp32: Path, options: Q
                       save_as_external_data=True, all_tensors_to_one_file=True,
                       external_data_location="float.onnx.data")
     structure = onnx.load(str(fp32), load_external_data=False)
-    plan = cpu_plan = make_plan(structure, options.exclude)
+    plan = make_plan(structure, options.exclude)
     if not plan.quantize:
         raise QuantizationError("no linear layer is left to quantize; check --exclude")
     log(f"plan: {len(plan.quantize)} linear layers to INT8, {len(plan.excluded)} MatMul/Gemm kept float")
+    cpu_plan = plan.without(cpu_int8.unsupported(structure, plan.quantize),
+                            f"int8-cpu: {cpu_int8.CPU_UNSUPPORTED} (the CPU quantizer's kernels)")
     if options.smoothquant is not None:
         from .smoothquant import smooth
 
         model = onnx.load(str(source))
-        counts = smooth(model, plan.quantize, batches, options.smoothquant)
+        counts = smooth(model, plan.quantize, calib.batches, options.smoothquant)
         log(f"smoothquant (alpha {options.smoothquant}): {counts['folded']} folded, "
             f"{counts['inserted_mul']} Mul inserted")
         source = stage / "smoothed.onnx"
         onnx.save_model(model, str(source), save_as_external_data=True, location="smoothed.onnx.data")
-    calib_source = str(options.calibration) if options.calibration else "shipped:calibration.jsonl"
-    return _Work(root, stage, manifest, options, log, source, plan, cpu_plan, held, batches, calib_source)
+    return _Work(root, stage, manifest, options, log, source, plan, cpu_plan, judge, calib)
 
 
 def _static_graph(work: _Work, fp32: Path) -> GraphFile:
@@ -202,25 +206,24 @@ def _static_graph(work: _Work, fp32: Path) -> GraphFile:
 
     options, log = work.options, work.log
     out = work.stage / "model.int8.onnx"
-    log(f"calibrating ({options.method}) on {sum(len(b['input_ids']) for b in work.calib_batches)} texts, "
-        f"quantizing with onnxruntime {onnxruntime.__version__}")
+    log(f"calibrating ({options.method}) on {work.calib.described}, quantizing with onnxruntime "
+        f"{onnxruntime.__version__}")
     work.quantize_static(out, work.plan.quantize, options.show_progress)
     _validate(out, work.plan)
-    report = quality.compare(work.held, work.held.embed(quality.open_session(out)), options.gate)
-    log_gate(log, "int8", report)
+    report = work.measure(out)
+    log_gate(log, "int8", work.judge, report)
     sensitivity = _sensitivity(work) if options.per_layer_sensitivity else None
     auto = None
     if not report["passed"] and _search_can_help(work):
         auto = autoexclude.search(work.plan, report, lambda plan, key: _probe(work, plan, key, sensitivity),
-                                  lambda plan: _attempt(work, out, plan), options.max_auto_exclusions, log)
+                                  lambda plan: _attempt(work, out, plan), options.max_auto_exclusions, log,
+                                  work.judge.metric)
         report, work.plan = auto.report, auto.plan
         log(f"  auto-exclude {'passed' if auto.passed else 'gave up'} in {auto.record['seconds']} s")
     if not report["passed"]:
         hint = [] if auto is not None or sensitivity is not None else _largest_errors(work, fp32, out)
-        raise QuantizationError(qdq_failure(report, sensitivity, auto, hint), report)
-    calib = {"source": work.calib_source, "texts": sum(len(b["input_ids"]) for b in work.calib_batches),
-             "batch_size": options.batch_size}
-    return _derived(work, out, "int8", report, qdq_record(options, work.plan, calib, sensitivity, auto))
+        raise QuantizationError(qdq_failure(report, work.judge.metric, sensitivity, auto, hint), report)
+    return _derived(work, out, "int8", report, qdq_record(options, work.plan, work.calib.record, sensitivity, auto))
 
 
 def _cpu_graph(work: _Work) -> GraphFile:
@@ -230,16 +233,17 @@ def _cpu_graph(work: _Work) -> GraphFile:
     plan, auto = work.cpu_plan, None
     log(f"int8-cpu: per-token u8s8, {options.cpu_weight_bits}-bit weights, {len(plan.quantize)} linear layers")
     report = _cpu_attempt(work, out, plan)
-    log_gate(log, "int8-cpu", report)
+    log_gate(log, "int8-cpu", work.judge, report)
     if not report["passed"] and _search_can_help(work):
         auto = autoexclude.search(plan, report, lambda p, key: _cpu_probe(work, p, key),
-                                  lambda p: _cpu_attempt(work, out, p), options.max_auto_exclusions, log)
+                                  lambda p: _cpu_attempt(work, out, p), options.max_auto_exclusions, log,
+                                  work.judge.metric)
         report, plan = auto.report, auto.plan
         log(f"  int8-cpu auto-exclude {'passed' if auto.passed else 'gave up'} in {auto.record['seconds']} s")
     if not report["passed"]:
-        raise QuantizationError(cpu_failure(report, auto), report)
+        raise QuantizationError(cpu_failure(report, work.judge.metric, auto), report)
     per_tensor, report = _per_tensor_search(work, out, plan, report)
-    feed = max(work.held.batches, key=lambda b: int(b["attention_mask"].sum()))
+    feed = max(work.judge.batches, key=lambda b: int(b["attention_mask"].sum()))
     fp32_tps = quality.throughput(quality.open_session(work.source), feed)
     cpu_tps = quality.throughput(quality.open_session(out), feed)
     log(f"  ORT CPU on a {feed['input_ids'].shape[0]}x{feed['input_ids'].shape[1]} batch: fp32 {fp32_tps:.0f} "
@@ -276,7 +280,7 @@ def _cpu_attempt(work: _Work, out: Path, plan: Plan, per_tensor: tuple[str, ...]
         first = next(iter(result.skipped.items()), ("?", "?"))
         raise QuantizationError(f"the CPU quantizer left {len(plan.quantize) - len(result.quantized)} planned layers "
                                 f"in float (e.g. {first[0]}: {first[1]})")
-    return quality.compare(work.held, work.held.embed(quality.open_session(out)), work.options.gate)
+    return work.measure(out)
 
 
 def _per_tensor_search(work: _Work, out: Path, plan: Plan, report: dict[str, Any]
@@ -284,8 +288,9 @@ def _per_tensor_search(work: _Work, out: Path, plan: Plan, report: dict[str, Any
     """Give norm-fed layer groups one activation scale per tensor where that costs no quality.
 
     Each group (``cpu_int8.norm_fed_groups``) is tried on top of those already taken; it is kept when
-    the graph still passes the gate and its mean cosine stays within ``per_tensor_tolerance`` of the
-    all-per-token graph's (``report``). ``out`` ends up holding the graph with the groups kept.
+    the graph still passes the gate and its gated figure (mean cosine, mean Spearman) stays within
+    ``per_tensor_tolerance`` of the all-per-token graph's (``report``). ``out`` ends up holding the graph
+    with the groups kept.
     Returns the manifest's record of the search (``layers``: those kept) and the gate report of ``out``.
     """
     tolerance = work.options.per_tensor_tolerance
@@ -294,18 +299,18 @@ def _per_tensor_search(work: _Work, out: Path, plan: Plan, report: dict[str, Any
         return record, report
     model = onnx.load(str(work.source), load_external_data=False)
     groups = cpu_int8.norm_fed_groups(model, {n: role(plan.paths[n]) for n in plan.quantize})
-    base = report["mean_cosine"]
+    metric = work.judge.metric
+    base = report[metric.key]
     kept: tuple[str, ...] = ()
-    record["per_token_mean_cosine"] = base
+    record[f"per_token_{metric.key}"] = base
     probe = work.stage / "probe-cpu.onnx"
     for name, nodes in groups.items():
         trial = kept + nodes
         got = _cpu_attempt(work, probe, plan, trial)
-        accepted = bool(got["passed"] and got["mean_cosine"] >= base - tolerance)
-        record["groups"].append({"group": name, "nodes": len(nodes), "mean_cosine": got["mean_cosine"],
-                                 "min_cosine": got["min_cosine"], "kept": accepted})
-        work.log(f"  int8-cpu: {name} with one scale per tensor -> mean cosine {got['mean_cosine']:.5f}, "
-                 f"min {got['min_cosine']:.5f} ({'kept' if accepted else 'stays per token'})")
+        accepted = bool(got["passed"] and got[metric.key] >= base - tolerance)
+        record["groups"].append({"group": name, "nodes": len(nodes), **metric.brief(got), "kept": accepted})
+        work.log(f"  int8-cpu: {name} with one scale per tensor -> {metric.words} {got[metric.key]:.5f}, "
+                 f"min {got[metric.floor]:.5f} ({'kept' if accepted else 'stays per token'})")
         if accepted:
             kept, report = trial, got
     if kept:
@@ -322,9 +327,16 @@ def _cpu_probe(work: _Work, plan: Plan, key: str) -> list[dict[str, Any]]:
     for group, nodes in plan.groups(key).items():
         path = work.stage / "probe-cpu.onnx"
         _cpu_build(work, path, nodes)
-        rows.append({"group": group, "nodes": len(nodes), "mean_cosine_alone": work.mean_cosine(path)})
-        work.log(f"  int8-cpu sensitivity: only {group} in INT8 -> mean cosine {rows[-1]['mean_cosine_alone']:.5f}")
-    return sorted(rows, key=lambda r: r["mean_cosine_alone"])
+        rows.append(_probe_row(work, group, nodes, path, "int8-cpu sensitivity"))
+    return sorted(rows, key=lambda r: r[f"{work.judge.metric.key}_alone"])
+
+
+def _probe_row(work: _Work, group: str, nodes: tuple[str, ...], graph: Path, what: str) -> dict[str, Any]:
+    """One row of a sensitivity table: ``group`` alone in INT8 (``graph``), measured and logged."""
+    metric = work.judge.metric
+    alone = work.figure(graph)
+    work.log(f"  {what}: only {group} in INT8 -> {metric.words} {alone:.5f}")
+    return {"group": group, "nodes": len(nodes), f"{metric.key}_alone": alone}
 
 
 def _validate(path: Path, plan: Plan) -> None:
@@ -353,16 +365,15 @@ def _probe(work: _Work, plan: Plan, key: str,
     for group, nodes in plan.groups(key).items():
         path = work.stage / "probe.onnx"
         work.quantize_static(path, nodes, progress=False)
-        rows.append({"group": group, "nodes": len(nodes), "mean_cosine_alone": work.mean_cosine(path)})
-        work.log(f"  sensitivity: only {group} in INT8 -> mean cosine {rows[-1]['mean_cosine_alone']:.5f}")
-    return sorted(rows, key=lambda r: r["mean_cosine_alone"])
+        rows.append(_probe_row(work, group, nodes, path, "sensitivity"))
+    return sorted(rows, key=lambda r: r[f"{work.judge.metric.key}_alone"])
 
 
 def _search_can_help(work: _Work) -> bool:
-    """Keeping layers float moves the graph towards FP32, whose cosine with itself is 1: no further."""
+    """Keeping layers float moves the graph towards FP32, which scores 1 against itself: no further."""
     if not work.options.auto_exclude or work.options.max_auto_exclusions < 1:
         return False
-    if work.options.gate > 1.0:
+    if work.threshold > 1.0:
         work.log("  auto-exclude skipped: a gate above 1 cannot be reached even with every layer float")
         return False
     return True
@@ -372,13 +383,13 @@ def _attempt(work: _Work, out: Path, plan: Plan) -> dict[str, Any]:
     """One step of the search: the full graph for ``plan``, validated and gated like the first try."""
     work.quantize_static(out, plan.quantize, progress=False)
     _validate(out, plan)
-    return quality.compare(work.held, work.held.embed(quality.open_session(out)), work.options.gate)
+    return work.measure(out)
 
 
 def _largest_errors(work: _Work, fp32: Path, out: Path) -> list[tuple[str, float]]:
     """(module path, relative output error) of the three layers furthest from FP32 on one batch."""
     try:
-        errors = quality.node_errors(fp32, out, work.plan.quantize, work.held.batches[-1])
+        errors = quality.node_errors(fp32, out, work.plan.quantize, work.judge.batches[-1])
     except (ValueError, RuntimeError):  # e.g. a graph past protobuf's 2 GB limit: skip the hint
         return []
     top = sorted(errors, key=errors.__getitem__, reverse=True)[:3]

@@ -1,8 +1,9 @@
-"""The INT8 quality gate: a quantized graph against the artefact's FP32 graph on held-out texts.
+"""The INT8 quality gate of an embedding model: a quantized graph against the FP32 graph on held-out texts.
 
 Three numbers, because each misses something the others catch: mean cosine (the gate), min cosine
 (one text can break while the mean looks fine), and top-10 retrieval agreement (the overlap of the
 ten documents each query retrieves with either model: what users of an embedding model notice).
+Also the ONNX Runtime helpers both tasks' judges use (``open_session``, ``node_errors``, ``throughput``).
 """
 
 from __future__ import annotations
@@ -10,13 +11,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from embedrt.manifest import Manifest
+
+from . import calibration
 from .calibration import Feed, TextEncoder
+from .judge import Calibration, Log, Metric
+
+if TYPE_CHECKING:
+    from .pipeline import QuantizeOptions
 
 TOP_K = 10
+COSINE = Metric("mean_cosine", "min_cosine", "mean cosine", default_gate=0.99)
 
 
 def open_session(graph: Path | bytes, threads: int = 0) -> Any:
@@ -32,8 +41,9 @@ def open_session(graph: Path | bytes, threads: int = 0) -> Any:
 
 @dataclass(frozen=True)
 class HeldOut:
-    """Held-out texts, tokenized once, and the FP32 reference vectors."""
+    """Held-out texts, tokenized once, and the FP32 reference vectors: the embedding task's judge (judge.py)."""
 
+    metric: ClassVar[Metric] = COSINE
     texts: tuple[str, ...]
     queries: tuple[int, ...]  # indices into texts
     documents: tuple[int, ...]
@@ -59,6 +69,28 @@ class HeldOut:
         out = np.empty_like(rows)
         out[list(self.order)] = rows
         return out
+
+    def measure(self, graph: Path, gate: float) -> dict[str, Any]:
+        return compare(self, self.embed(open_session(graph)), gate)
+
+    def summary(self, report: dict[str, Any]) -> str:
+        return (f"on {report['texts']} held-out texts: mean cosine {report['mean_cosine']:.5f}, "
+                f"min {report['min_cosine']:.5f}, top-{TOP_K} retrieval agreement "
+                f"{report[f'retrieval_agreement_at_{TOP_K}']:.3f} (gate: mean >= {report['gate_mean_cosine']})")
+
+
+def prepare(root: Path, manifest: Manifest, fp32: Path, options: QuantizeOptions,
+            log: Log) -> tuple[Calibration, HeldOut]:
+    """The calibration texts (``--calibration`` or the shipped set) and the judge on the shipped held-out texts."""
+    records, held_records = calibration.load_sets(options, calibration.load_records, calibration.SHIPPED)
+    encoder = TextEncoder(root, manifest)
+    batches = encoder.batches(calibration.format_records(records, manifest), options.batch_size)
+    log(f"held-out: {len(held_records)} texts through the FP32 graph (reference)")
+    held = HeldOut.build(calibration.format_records(held_records, manifest), [r.kind for r in held_records],
+                         encoder, fp32)
+    source = str(options.calibration) if options.calibration else "shipped:calibration.jsonl"
+    record = {"source": source, "texts": len(records), "batch_size": options.batch_size}
+    return Calibration(batches, record, f"{len(records)} texts"), held
 
 
 def retrieval_agreement(reference: np.ndarray, candidate: np.ndarray, queries: Sequence[int],
@@ -126,10 +158,11 @@ def throughput(session: Any, feed: Feed, repeats: int = 3) -> float:
     """Tokens per second on one fixed batch, best of ``repeats`` after a warm-up run."""
     import time
 
-    session.run(["sentence_embedding"], feed)
+    first = [session.get_outputs()[0].name]  # the embedding, the score: either task's main output
+    session.run(first, feed)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        session.run(["sentence_embedding"], feed)
+        session.run(first, feed)
         best = min(best, time.perf_counter() - start)
     return float(feed["attention_mask"].sum()) / best

@@ -11,50 +11,54 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .quality import TOP_K
-
 if TYPE_CHECKING:
     from .autoexclude import Outcome
+    from .judge import Judge, Metric
     from .pipeline import QuantizeOptions
     from .plan import Plan
 
 Sensitivity = dict[str, list[dict[str, Any]]]  # "layer" / "role" -> rows, worst first
 
 
-def log_gate(log: Callable[[str], None], name: str, report: dict[str, Any]) -> None:
-    log(f"  {name} vs FP32 on {report['texts']} held-out texts: mean cosine {report['mean_cosine']:.5f}, "
-        f"min {report['min_cosine']:.5f}, top-{TOP_K} retrieval agreement "
-        f"{report[f'retrieval_agreement_at_{TOP_K}']:.3f} (gate: mean >= {report['gate_mean_cosine']})")
+def log_gate(log: Callable[[str], None], name: str, judge: Judge, report: dict[str, Any]) -> None:
+    log(f"  {name} vs FP32 {judge.summary(report)}")
 
 
-def qdq_failure(report: dict[str, Any], sensitivity: Sensitivity | None, auto: Outcome | None,
+def _missed(name: str, report: dict[str, Any], metric: Metric) -> str:
+    return (f"{name} misses the quality gate: {metric.words} {report[metric.key]:.5f} < {report[metric.gate_key]} "
+            f"(min {report[metric.floor]:.5f}); the artefact is unchanged.")
+
+
+def _most_harmful(rows: Sequence[dict[str, Any]], metric: Metric) -> list[str]:
+    return [f"{r['group']} ({r[f'{metric.key}_alone']:.5f})" for r in rows]
+
+
+def qdq_failure(report: dict[str, Any], metric: Metric, sensitivity: Sensitivity | None, auto: Outcome | None,
                 largest_errors: Sequence[tuple[str, float]]) -> str:
     """Why the Q/DQ graph was refused; ``largest_errors``: (module path, relative output error) of the
     layers that go wrong first, the hint given when no sensitivity was measured."""
-    head = (f"INT8 graph misses the quality gate: mean cosine {report['mean_cosine']:.5f} < "
-            f"{report['gate_mean_cosine']} (min {report['min_cosine']:.5f}); the artefact is unchanged.")
+    head = _missed("INT8 graph", report, metric)
     if auto is not None:
         kept = ", ".join(e["group"] for e in auto.record["excluded"]) or "none"
-        head += (f" First try (all planned layers INT8): mean {auto.record['first_try']['mean_cosine']:.5f}."
+        head += (f" First try (all planned layers INT8): mean {auto.record['first_try'][metric.key]:.5f}."
                  f" Automatic exclusion gave up after keeping {len(auto.record['excluded'])} group(s) float "
                  f"({kept}; --max-auto-exclusions {auto.record['max_exclusions']}).")
         sensitivity = {t["granularity"]: t["sensitivity"] for t in auto.record["tries"]}
     if sensitivity is not None:
-        worst = [f"{r['group']} ({r['mean_cosine_alone']:.5f})"
-                 for key in ("role", "layer") if key in sensitivity for r in sensitivity[key][:3]]
+        worst = [row for key in ("role", "layer") if key in sensitivity
+                 for row in _most_harmful(sensitivity[key][:3], metric)]
         return f"{head} Most harmful alone: {', '.join(worst)}. Exclude some with --exclude PATTERN."
     hint = ", ".join(f"{path} ({error:.1%} output error)" for path, error in largest_errors)
     return (f"{head} Largest errors at: {hint or 'n/a'}. Run with --per-layer-sensitivity to measure each "
             "layer group, then --exclude the worst (patterns match node names, module paths or classes).")
 
 
-def cpu_failure(report: dict[str, Any], auto: Outcome | None) -> str:
-    head = (f"int8-cpu graph misses the quality gate: mean cosine {report['mean_cosine']:.5f} < "
-            f"{report['gate_mean_cosine']} (min {report['min_cosine']:.5f}); the artefact is unchanged.")
+def cpu_failure(report: dict[str, Any], metric: Metric, auto: Outcome | None) -> str:
+    head = _missed("int8-cpu graph", report, metric)
     if auto is None:
         return head + " Try --cpu-weight-bits 8, --smoothquant, or --exclude the most sensitive layers."
     kept = ", ".join(e["group"] for e in auto.record["excluded"]) or "none"
-    worst = [f"{r['group']} ({r['mean_cosine_alone']:.5f})" for t in auto.record["tries"] for r in t["sensitivity"][:3]]
+    worst = [row for t in auto.record["tries"] for row in _most_harmful(t["sensitivity"][:3], metric)]
     return (f"{head} Automatic exclusion gave up after keeping {len(auto.record['excluded'])} group(s) float "
             f"({kept}). Most harmful alone: {', '.join(worst)}.")
 
