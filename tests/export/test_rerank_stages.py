@@ -70,6 +70,28 @@ def test_engine_check_compares_scores_alone_and_batched(fixture: str, request: p
         check(wrong)
 
 
+@pytest.mark.parametrize("fixture", ["qwen3_reranker_int8", "cross_encoder_int8"])
+def test_an_int8_engine_is_checked_against_the_qdq_graph_it_is_built_from(fixture: str,
+                                                                          request: pytest.FixtureRequest) -> None:
+    """Not against "int8-cpu" (what precision int8 picks on a CPU), not only against FP32 (quantization moves
+    scores by more than any engine tolerance): the stand-in engine is the Q/DQ graph itself."""
+    from dataclasses import replace
+
+    artefact = request.getfixturevalue(fixture)
+    manifest = load_manifest(artefact)
+    qdq_only = replace(manifest, graphs={k: g for k, g in manifest.graphs.items() if k != "int8-cpu"})
+    report = compare_backend(artefact, manifest, "int8", _ort(artefact, qdq_only, "int8"), log=lambda _: None)
+    by_reference = report["max_abs_score_diff_by_reference"]
+    assert set(by_reference) == {"onnxruntime-fp32-cpu", "onnxruntime-int8-qdq-cpu"}
+    assert report["reference"] == "onnxruntime-int8-qdq-cpu" and report["passed"]
+    assert report["max_abs_score_diff"] <= RERANK_ENGINE_TOLERANCE["int8"] == report["threshold"]
+    assert by_reference["onnxruntime-int8-qdq-cpu"] < by_reference["onnxruntime-fp32-cpu"]
+    check(report)
+    wrong = compare_backend(artefact, manifest, "int8", _Shifted(_ort(artefact, qdq_only, "int8"), 0.1),
+                            log=lambda _: None)
+    assert not wrong["passed"]
+
+
 # -- TensorRT-RTX ahead of time (no GPU needed), as tests/export/test_trt_build.py does for embedders --------------
 
 
