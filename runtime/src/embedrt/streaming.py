@@ -36,10 +36,15 @@ PROMPTS = (None, "query", "document")
 
 @dataclass(frozen=True)
 class Block:
-    """One window's result: ``vectors`` float32 ``[n, d]`` in input order, ``tokens`` the model ran."""
+    """One window's result: ``vectors`` float32 ``[n, d]`` in input order, ``lengths`` ``[n]`` the tokens
+    each text ran as (after the prompt and truncation, special tokens included)."""
 
     vectors: np.ndarray
-    tokens: int
+    lengths: np.ndarray
+
+    @property
+    def tokens(self) -> int:
+        return int(self.lengths.sum())
 
 
 def embed_blocks(embedder: Embedder, texts: Iterable[str], *, prompt: str | None = None,
@@ -87,7 +92,8 @@ def _blocks(embedder: Embedder, source: Iterator[str], fmt: Callable[[str], str]
             encoded = embedder.prepare(items, truncate=truncate)
         except InputTooLongError as exc:
             raise InputTooLongError(start + exc.index, exc.tokens, exc.limit, at_least=exc.at_least) from None
-        yield Block(done(*embedder.infer(encoded)), sum(e.length for e in encoded))
+        lengths = np.fromiter((e.length for e in encoded), dtype=np.int64, count=len(encoded))
+        yield Block(done(*embedder.infer(encoded)), lengths)
         start += len(chunk)
 
 
