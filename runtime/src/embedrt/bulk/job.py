@@ -30,6 +30,7 @@ from ..manifest import Manifest, load_manifest
 from ..pooling import check_dimensions
 from ..streaming import WINDOW, Block, embed_blocks
 from . import readers
+from .arrow import pyarrow
 from .inputs import STDIN, Input, expected_rows, fingerprint, resolve
 from .progress import Progress
 from .readers import Columns, Problem, Row
@@ -69,6 +70,7 @@ def run(options: BulkOptions, *, log: Callable[[str], None] | None = None,
         raise InvalidInputError(f"--shard-size must be at least 1, not {options.shard_size}")
     if options.on_error not in ("fail", "skip"):
         raise InvalidInputError(f"--on-error must be fail or skip, not {options.on_error!r}")
+    pyarrow("writing Parquet shards")  # an environment without the bulk extra is told so before anything
     found = resolve(options.inputs, options.input_format)
     if not found:
         raise InvalidInputError("nothing to embed: give --input FILE (globs too; - for standard input)")
@@ -176,7 +178,9 @@ class _Job:
         self.read = 0  # rows read so far
         self.tallies: dict[int, readers.Tally] = {}
         self.resume = record.inputs_done
-        self.check = _Finished(record.shards)
+        self.check = _Finished(list(record.shards))  # those finished before this run
+        self.failure: InvalidInputError | None = None  # a bad row under --on-error fail, raised once the rows
+        # before it are written
         self.rows: list[_Pending] = []  # the current shard's rows
         self.vectors: np.ndarray | None = None
         self.tokens = 0
@@ -194,6 +198,8 @@ class _Job:
                 last = self._take(block, progress)
                 progress.update(last + 1 - done, block.tokens)
                 done = last + 1
+            if self.failure is not None:
+                raise self.failure
             if self.rows or self.read > self.record.inputs_done:
                 self._write(self.read, progress)  # the last shard (it may be short); trailing skipped rows
         finally:
@@ -223,9 +229,10 @@ class _Job:
                 continue
             self.check.done()
             if problem is not None:
-                if fail:
-                    raise InvalidInputError(f"{problem}; pass --on-error skip to skip such rows (the run record "
-                                            "lists them)")
+                if fail:  # stop reading; the rows before it still go into full shards
+                    self.failure = InvalidInputError(f"{problem}; pass --on-error skip to skip such rows (the run "
+                                                     "record lists them)")
+                    return
                 self.skipped.append((index, problem))
                 continue
             self.pending.append(_Pending(index, id_, _digest(id_, row.text)))
