@@ -200,6 +200,7 @@ class _Job:
                 done = last + 1
             if self.failure is not None:
                 raise self.failure
+            progress.update(self.read - done, 0)  # skipped rows after the last embedded one
             if self.rows or self.read > self.record.inputs_done:
                 self._write(self.read, progress)  # the last shard (it may be short); trailing skipped rows
         finally:
