@@ -25,6 +25,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..config import BackendConfig
+from ..embedder import Embedder
 from ..errors import InvalidInputError
 from ..manifest import Manifest, load_manifest
 from ..pooling import check_dimensions
@@ -111,9 +113,6 @@ def _run(options: BulkOptions, found: list[tuple[str, str]], output: Output, say
             say(f"resuming: {len(record.shards)} shards ({record.rows:,} rows) already done")
         record.inputs = inputs  # the same, and mtimes as they are now
     output.remove_temporaries()
-    from ..config import BackendConfig
-    from ..embedder import Embedder
-
     with Embedder.load(options.artefact, options.backend, precision=options.precision,
                        backend_config=BackendConfig(attention=options.attention)) as embedder:
         model = _model(embedder, options)
@@ -148,7 +147,7 @@ def _settings(options: BulkOptions, manifest: Manifest) -> dict[str, Any]:
             "text_column": options.columns.text, "id_column": options.columns.id, "shard_size": options.shard_size}
 
 
-def _model(embedder: Any, options: BulkOptions) -> dict[str, Any]:
+def _model(embedder: Embedder, options: BulkOptions) -> dict[str, Any]:
     info = embedder.info()
     backend = info.backend
     return {"name": info.name, "backend": backend.backend, "precision": backend.precision,
@@ -169,7 +168,7 @@ def _digest(id_: Any, text: str) -> bytes:
 class _Job:
     """The streaming loop: rows -> texts -> blocks -> shards, with the record kept up to date."""
 
-    def __init__(self, embedder: Any, options: BulkOptions, record: Record, output: Output,
+    def __init__(self, embedder: Embedder, options: BulkOptions, record: Record, output: Output,
                  after_shard: Callable[[Record], None] | None) -> None:
         self.embedder, self.options, self.record, self.output = embedder, options, record, output
         self.after_shard = after_shard

@@ -102,12 +102,15 @@ def read(source: Input, columns: Columns, tally: Tally | None = None) -> Iterato
         return
     with _opened(source.path) as stream:
         lines = _decoded(stream, tally)
-        if source.format == "txt":
-            yield from _txt(lines, source.path)
-        elif source.format == "jsonl":
-            yield from _jsonl(lines, source.path, columns)
-        else:
-            yield from _csv(_Tracked(lines), source.path, columns)
+        try:
+            if source.format == "txt":
+                yield from _txt(lines, source.path)
+            elif source.format == "jsonl":
+                yield from _jsonl(lines, source.path, columns)
+            else:
+                yield from _csv(_Tracked(lines), source.path, columns)
+        except OSError as exc:  # a read that fails midway (a disk error, a file cut off by another process)
+            raise InvalidInputError(f"cannot read {source.path}: {exc.strerror or exc}") from exc
 
 
 @contextmanager

@@ -33,7 +33,7 @@ def is_shard_name(name: str) -> bool:
     return name.startswith(SHARD_PREFIX) and name.endswith(SHARD_SUFFIX) and middle.isdigit()
 
 
-def write_shard(path: Path, ids: Sequence[Any] | np.ndarray, id_type: str, vectors: np.ndarray) -> dict[str, Any]:
+def write_shard(path: Path, ids: Sequence[Any], id_type: str, vectors: np.ndarray) -> dict[str, Any]:
     """Write ``ids`` and ``vectors`` (float32 ``[n, d]``) to ``path`` atomically; its size and sha256."""
     pa, pq = pyarrow("writing Parquet shards")
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
