@@ -203,7 +203,9 @@ def test_other_arguments_are_refused_and_overwrite_starts_over(qwen3_artefact: P
     with pytest.raises(InvalidInputError, match=r"input .*d.txt changed"):
         run(_options(qwen3_artefact, corpus, out))
     assert len(_record(out)["shards"]) == 1  # refusals leave the run as it was
+    (out / ".DS_Store").write_text("a hidden file is no one's business")
     run(_options(qwen3_artefact, corpus, out, dimensions=32, overwrite=True))
+    assert (out / ".DS_Store").exists()  # --overwrite removes the run's files only
     doc = _record(out)
     assert doc["complete"] and doc["rows"] == 44 and doc["settings"]["dimensions"] == 32
     assert _table(out)[1].shape == (44, 32)

@@ -140,7 +140,8 @@ class Output:
             raise InvalidInputError(f"another embedrt run is writing into {path}; wait for it or choose another "
                                     "--output")
         output = cls(path, lock)
-        foreign = [p.name for p in sorted(path.iterdir()) if not _ours(p.name)]
+        # Hidden files (.DS_Store, a checkpoint folder) are left alone: dataset readers skip them too.
+        foreign = [p.name for p in sorted(path.iterdir()) if not _ours(p.name) and not p.name.startswith(".")]
         if foreign:
             output.close()
             raise InvalidInputError(f"--output {path} holds files that are not an embedrt run's "
@@ -161,9 +162,10 @@ class Output:
             raise InvalidInputError(f"cannot read {record} ({exc}); pass --overwrite to start over") from exc
 
     def clear(self) -> None:
-        """Remove everything an embedrt run put here (the directory is known to hold nothing else)."""
+        """Remove what an embedrt run put here: the record, shards and temporaries."""
         for entry in self.path.iterdir():
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            if _ours(entry.name):
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
     def remove_temporaries(self) -> None:
         """Hidden files left by a writer that was killed (the lock proves no writer is running now)."""
