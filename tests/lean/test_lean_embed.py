@@ -6,6 +6,7 @@ PyTorch reference vectors beside it, and passes the artefact here through EMBEDR
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -49,3 +50,27 @@ def test_embed_command(artefact: Path) -> None:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout)["data"]) == 2
+
+
+def test_bulk_without_pyarrow_says_what_to_install(artefact: Path, tmp_path: Path) -> None:
+    """The lean environment has no pyarrow: TXT and JSONL still embed into .npy; Parquet shards or
+    Parquet input are refused, before any work, naming the extra to install."""
+    assert importlib.util.find_spec("pyarrow") is None
+    src = tmp_path / "in.txt"
+    src.write_text("alpha\nbeta\n", encoding="utf-8")
+    ok = _embed(artefact, "--input", str(src), "--output", str(tmp_path / "out.npy"))
+    assert ok.returncode == 0, ok.stderr
+    assert np.load(tmp_path / "out.npy").shape == (2, 64)
+    (tmp_path / "in.parquet").write_bytes(b"PAR1")
+    for args, what in ((("--input", str(src), "--output", f"{tmp_path}/shards/"), "writing Parquet shards"),
+                       (("--input", str(tmp_path / "in.parquet")), "reading Parquet")):
+        result = _embed(artefact, *args)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr == f"embedrt embed: error: {what} needs pyarrow, which is not installed: " \
+                                "pip install 'embedrt[bulk]'\n"
+    assert not (tmp_path / "shards").exists()
+
+
+def _embed(artefact: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "embedrt.cli", "embed", str(artefact), *args],
+                          capture_output=True, text=True, timeout=120)

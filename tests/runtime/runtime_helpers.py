@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,14 @@ from embedrt_export.export.parity import BASE_TEXTS as PARITY_TEXTS
 
 # The export's parity set (multilingual, code, emoji, one character, empty) plus an over-long text.
 TEXTS = [*PARITY_TEXTS, "Retrieval systems embed passages once and compare them with every incoming query. " * 30]
+
+
+def mixed_texts(count: int, seed: int = 0) -> list[str]:
+    """Texts of 0 to 150 words drawn from TEXTS, seeded: many lengths, so many micro-batch shapes."""
+    rng = random.Random(seed)
+    words = " ".join(TEXTS[:4]).split()
+    return [" ".join(rng.choice(words) for _ in range(rng.choice([0, 1, 3, 8, 20, 60, 150])))
+            for _ in range(count)]
 
 
 def torch_reference(model_dir: Path, texts: list[str], max_length: int, pooling: str,

@@ -142,3 +142,16 @@ def test_closed_stdout_exits_quietly(qwen3_artefact: Path) -> None:
     proc.stdout.close()  # before the first byte: the write must meet a closed pipe
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and err == "", err
+
+
+def test_several_inputs_of_any_format_in_memory(qwen3_artefact: Path, qwen3: Embedder, tmp_path: Path) -> None:
+    """Small jobs read through the bulk readers too: CSV and Parquet with --text-column, globs, in order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "a.csv").write_text('id,body\n1,"first, text"\n2,second\n', encoding="utf-8")
+    pq.write_table(pa.table({"body": ["third", "fourth"]}), tmp_path / "b.parquet")
+    out = tmp_path / "out.npy"
+    assert main(["embed", str(qwen3_artefact), "--input", str(tmp_path / "*.csv"), str(tmp_path / "b.parquet"),
+                 "--text-column", "body", "--output", str(out)]) == 0
+    np.testing.assert_allclose(np.load(out), qwen3.embed(["first, text", "second", "third", "fourth"]), atol=1e-6)

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import random
 import threading
 from pathlib import Path
 
 import numpy as np
-from runtime_helpers import TEXTS, min_cosine
+from runtime_helpers import TEXTS, min_cosine, mixed_texts
 from tokenizers import Tokenizer
 
 from embedrt import BatchingConfig, Embedder
 
 
-def _mixed_texts(count: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    words = " ".join(TEXTS[:4]).split()
-    return [" ".join(rng.choice(words) for _ in range(rng.choice([0, 1, 3, 8, 20, 60, 150])))
-            for _ in range(count)]
-
-
 def test_text_in_large_mixed_batch_equals_text_alone(qwen3_artefact: Path) -> None:
-    texts = _mixed_texts(60) + TEXTS
+    texts = mixed_texts(60) + TEXTS
     # A small budget forces many micro-batches of different buckets and row counts.
     config = BatchingConfig(max_batch_tokens=512, max_batch_size=8, sequence_buckets=(16, 32, 64, 128))
     with Embedder.load(qwen3_artefact, batching=config) as embedder:
@@ -101,7 +93,7 @@ def test_empty_inputs(qwen3: Embedder, minilm: Embedder) -> None:
 
 
 def test_concurrent_callers_get_identical_results(qwen3: Embedder) -> None:
-    texts = _mixed_texts(40, seed=3)
+    texts = mixed_texts(40, seed=3)
     expected = qwen3.embed(texts)
     results: list[np.ndarray] = []
     errors: list[BaseException] = []

@@ -8,7 +8,7 @@ tokenize), ``infer`` (sort, micro-batch, pad, run the backend, restore order) an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,6 +20,7 @@ from .info import ModelInfo
 from .manifest import Manifest
 from .model import Model
 from .pooling import check_dimensions, finish, l2_normalize
+from .streaming import WINDOW, embed_blocks
 from .tokenizer import Encoded, TextTokenizer, TokenIdFormat, validate_texts
 
 
@@ -86,6 +87,20 @@ class Embedder(Model):
         """Texts as documents, formatted by the manifest's document template."""
         prompts = self.manifest.prompts
         return self.embed([prompts.format_document(t) for t in validate_texts(texts)], **kw)
+
+    def embed_iter(self, texts: Iterable[str], *, prompt: str | None = None, instruction: str | None = None,
+                   dimensions: int | None = None, normalize: bool = True, truncate: bool = True,
+                   window: int = WINDOW) -> Iterator[np.ndarray]:
+        """Embed an iterable of any length lazily: float32 blocks ``[<= window, d]`` in input order, equal to
+        ``embed`` on the whole. Sorting by length happens within a window of ``window`` texts, so memory
+        holds one window (texts, token ids, vectors) whatever the input's length.
+
+        ``prompt``: None formats as ``embed`` (queries when ``instruction`` is given), "query" as
+        ``embed_queries``, "document" as ``embed_documents``. See ``embedrt.streaming``.
+        """
+        blocks = embed_blocks(self, texts, prompt=prompt, instruction=instruction, dimensions=dimensions,
+                              normalize=normalize, truncate=truncate, window=window)  # checks options now
+        return (block.vectors for block in blocks)
 
     def info(self) -> ModelInfo:
         """The model and how it runs (a closed Embedder reports its backend as it last ran)."""

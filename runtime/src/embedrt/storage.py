@@ -1,8 +1,9 @@
-"""Atomic directories: build in a hidden sibling, rename into place only when complete.
+"""Atomic directories and files: build in a hidden sibling, rename into place only when complete.
 
-Used by the export (artefact directories) and the engine store (one directory per engine), so a
-reader sees the old content or the new, and an interrupted writer leaves only a hidden
-``.NAME.partial-*`` directory, never a complete-looking one.
+Used by the export (artefact directories), the engine store (one directory per engine) and bulk jobs
+(shards and their run record, ``atomic_file``), so a reader sees the old content or the new, and an
+interrupted writer leaves only a hidden ``.NAME.partial-*`` directory or ``.NAME.tmp-*`` file, never a
+complete-looking one.
 
 Several writers may target the same place at once (two exports into one ``--out``, two servers
 building one engine). Each staging directory is owned: its name carries the writer's pid and the
@@ -42,7 +43,7 @@ def _owner_pid(staging: Path) -> int | None:
     return int(pid) if sep and pid.isdigit() else None
 
 
-def _lock(path: Path) -> int | None:
+def try_lock(path: Path) -> int | None:
     """An fd holding an exclusive lock on directory ``path``; None if another process holds it."""
     fd = os.open(path, os.O_RDONLY)
     if fcntl is None:  # pragma: no cover
@@ -62,7 +63,7 @@ def _remove_abandoned(final: Path) -> None:
         if pid is not None and pid != os.getpid() and _pid_alive(pid):
             continue  # a running writer (a pid on another host fails this test; its lock still protects it)
         try:
-            fd = _lock(stale)
+            fd = try_lock(stale)
         except OSError:  # vanished meanwhile, or not a directory we can open
             continue
         if fd is None:
@@ -99,7 +100,7 @@ def atomic_directory(final: Path, *, replace: bool = True) -> Iterator[Path]:
         raise
     fd = None
     try:
-        fd = _lock(staging)  # a fresh directory: nobody else can hold it
+        fd = try_lock(staging)  # a fresh directory: nobody else can hold it
         staging.chmod(0o755)  # mkdtemp makes it private; artefacts are meant to be shared
         yield staging
         if final.exists():
@@ -118,3 +119,35 @@ def atomic_directory(final: Path, *, replace: bool = True) -> Iterator[Path]:
     finally:
         if fd is not None:
             os.close(fd)
+
+
+@contextmanager
+def atomic_file(final: Path) -> Iterator[Path]:
+    """Yield a hidden temporary sibling of ``final`` to write; if the block completes, it is flushed to
+    disk and renamed over ``final`` (then the directory entry is flushed too), else removed."""
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the data first: a crash after the rename must not leave an empty file
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(final.parent)
+
+
+def _fsync_directory(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - not on Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some file systems refuse fsync on a directory
+        pass
+    finally:
+        os.close(fd)

@@ -1,4 +1,8 @@
-"""``embedrt embed``: embed texts from the command line or a file with the lean runtime."""
+"""``embedrt embed``: embed texts from the command line or files with the lean runtime.
+
+Small jobs (TEXT arguments, ``--output x.npy`` / ``.jsonl``, JSON on stdout) are read and embedded in
+memory here; ``--output DIR/`` hands the inputs to the streaming, resumable bulk job (``embedrt.bulk``).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -21,50 +25,21 @@ CHUNK = 256  # texts per call: bounds memory and drives the progress bar
 PROGRESS_OVER = 300  # a progress bar only when a file has more lines than this
 
 
-def _lines(data: bytes, source: str) -> list[str]:
-    """Lines split on LF only (CRLF too): U+2028, U+0085 or a form feed inside a text stay in it."""
-    try:
-        text = data.decode("utf-8-sig")  # a leading BOM is an encoding mark, not text
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise InvalidInputError(f"{source}:{line} is not UTF-8 text (byte 0x{data[exc.start]:02x}); "
-                                "convert the file to UTF-8") from exc
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()  # the newline that ends the last line starts no new one
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
+def read_texts(patterns: Sequence[str], kind: str | None = None, column: str = "text") -> list[str]:
+    """The texts of every input in memory (the small-job path; ``--output DIR/`` streams instead): the
+    first bad row stops with its file and line. ``kind`` None picks by suffix; "-" is standard input."""
+    from ..bulk import readers
+    from ..bulk.inputs import Input, resolve
 
-
-def read_texts(path: Path | None, kind: str | None = None) -> list[str]:
-    """One text per line (txt), or one JSON object with a "text" field per line (jsonl).
-
-    ``path`` None reads standard input; ``kind`` None picks by suffix (.jsonl, else txt).
-    """
-    source = str(path) if path is not None else "<stdin>"
-    try:
-        data = sys.stdin.buffer.read() if path is None else path.read_bytes()
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read {source}: {exc.strerror or exc}") from exc
-    lines = _lines(data, source)
-    if (kind or ("jsonl" if path is not None and path.suffix == ".jsonl" else "txt")) == "txt":
-        return lines
-    texts = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InvalidInputError(f"{source}:{number} is not JSON ({exc.msg})") from exc
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise InvalidInputError(f'{source}:{number} needs a "text" field holding a string')
-        texts.append(record["text"])
+    texts, columns = [], readers.Columns(column)
+    for path, fmt in resolve(patterns, kind):
+        source = Input(path, fmt)
+        readers.check(source, columns)
+        for row in readers.read(source, columns):
+            if row.problem is not None:
+                raise InvalidInputError(str(row.problem))
+            texts.append(row.text)
     return texts
-
-
-def _chunks(texts: list[str]) -> Iterator[list[str]]:
-    for start in range(0, len(texts), CHUNK):
-        yield texts[start : start + CHUNK]
 
 
 def _progress(total: int) -> Any:
@@ -87,7 +62,8 @@ class _Output:
 
     def __init__(self, path: Path) -> None:
         if path.suffix not in (".npy", ".jsonl"):
-            raise InvalidInputError(f"--output must end in .npy or .jsonl, got {path.name}")
+            raise InvalidInputError(f"--output must end in .npy or .jsonl, or name a directory of shards (end it "
+                                    f"with /), got {path.name}")
         if path.is_dir():
             raise InvalidInputError(f"cannot write --output {path}: it is a directory")
         self.path = path
@@ -116,25 +92,39 @@ class _Output:
 def _embed_all(args: argparse.Namespace, texts: list[str]) -> tuple[np.ndarray, ModelInfo]:
     from ..embedder import Embedder
 
-    options = {"dimensions": args.dimensions}
+    prompt = "query" if args.query or args.instruction is not None else "document"
     config = BackendConfig(attention=args.attention)
     with Embedder.load(args.artefact, args.backend, precision=args.precision, backend_config=config) as embedder:
         parts = []
         with _progress(len(texts)) as bar:
-            for chunk in _chunks(texts):
-                if args.query or args.instruction is not None:
-                    parts.append(embedder.embed_queries(chunk, args.instruction, **options))
-                else:
-                    parts.append(embedder.embed_documents(chunk, **options))
+            for block in embedder.embed_iter(texts, prompt=prompt, instruction=args.instruction,
+                                             dimensions=args.dimensions, window=CHUNK):
+                parts.append(block)
                 if bar is not None:
-                    bar.update(len(chunk))
+                    bar.update(len(block))
         return np.concatenate(parts), embedder.info()
 
 
+def _is_directory(output: str) -> bool:
+    """``--output`` names a directory of shards: it ends with a separator, or is an existing directory
+    not named like a file this command writes (``x.npy/`` is refused as before)."""
+    if output.endswith(("/", os.sep)):
+        return True
+    return Path(output).is_dir() and Path(output).suffix not in (".npy", ".jsonl")
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.output and _is_directory(args.output):
+        return _run_corpus(args)
+    corpus_only = [flag for flag, value in (("--id-column", args.id_column), ("--shard-size", args.shard_size),
+                                            ("--on-error", args.on_error), ("--overwrite", args.overwrite or None))
+                   if value is not None]
+    if corpus_only:
+        raise InvalidInputError(f"{', '.join(corpus_only)} go with --output DIR/ (Parquet shards); "
+                                "end --output with / to write a directory")
     texts = list(args.texts)
     if args.input:
-        texts += read_texts(None if args.input == "-" else Path(args.input), args.input_format)
+        texts += read_texts(args.input, args.input_format, args.text_column)
     if not texts:
         raise InvalidInputError("nothing to embed: give TEXT arguments or --input FILE (- for standard input)")
     output = _Output(Path(args.output)) if args.output else None  # before any work: fail early
@@ -157,17 +147,57 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_corpus(args: argparse.Namespace) -> int:
+    from ..bulk import SHARD_SIZE, BulkOptions, Columns, run
+
+    if args.texts:
+        raise InvalidInputError("TEXT arguments do not go into a directory of shards: put them in a file, or "
+                                "pipe them in with --input -")
+    if not args.input:
+        raise InvalidInputError("nothing to embed: give --input FILE (globs too; - for standard input)")
+    options = BulkOptions(
+        artefact=Path(args.artefact), inputs=tuple(args.input), output=Path(args.output),
+        input_format=args.input_format, columns=Columns(args.text_column, args.id_column),
+        prompt="query" if args.query or args.instruction is not None else "document",
+        instruction=args.instruction, dimensions=args.dimensions, backend=args.backend,
+        precision=args.precision, attention=args.attention, shard_size=args.shard_size or SHARD_SIZE,
+        on_error=args.on_error or "fail", overwrite=args.overwrite)
+    record = run(options)
+    dims = record.model.get("dimensions", "?")
+    line = f"wrote {record.rows:,} x {dims} embeddings in {len(record.shards)} shards to {args.output}"
+    if record.skipped:
+        line += f"; skipped {record.skipped:,} rows (listed in the run record)"
+    print(line, file=sys.stderr)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("embed", help="embed texts with an exported artefact (no PyTorch)",
-                       description="Embed TEXT arguments and/or the lines of --input. Without --output the "
-                       "vectors are printed as one JSON document.")
+                       description="Embed TEXT arguments and/or the rows of --input. Without --output the "
+                       "vectors are printed as one JSON document; --output FILE.npy / .jsonl holds them in memory; "
+                       "--output DIR/ streams any number of rows into Parquet shards, resumably (corpus mode).")
     p.add_argument("artefact", help="artefact directory written by `embedrt export`")
     p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to embed")
-    p.add_argument("--input", metavar="FILE", help="texts, one per line (split on LF or CRLF only), or JSON lines "
-                   "with a text field (.jsonl); - reads standard input; UTF-8")
-    p.add_argument("--input-format", choices=("txt", "jsonl"),
-                   help="how to read --input (default: jsonl for a .jsonl file, else txt)")
-    p.add_argument("--output", metavar="FILE", help="write .npy (float32 [n, d]) or .jsonl instead of stdout")
+    p.add_argument("--input", metavar="FILE", nargs="+", action="extend",
+                   help="files or globs ('data/*.parquet', ** too) of TXT (one text per line, split on LF or CRLF "
+                   "only), JSONL, CSV or Parquet, picked by suffix; - reads standard input; UTF-8")
+    p.add_argument("--input-format", choices=("txt", "jsonl", "csv", "parquet"),
+                   help="how to read every --input (default: by suffix: .jsonl/.ndjson, .csv, .parquet/.pq, "
+                   "else txt)")
+    p.add_argument("--text-column", default="text", metavar="NAME",
+                   help="the field (JSONL) or column (CSV, Parquet) holding the text (default: text)")
+    p.add_argument("--output", metavar="FILE|DIR/", help="write .npy (float32 [n, d]) or .jsonl instead of stdout; "
+                   "or a directory (ending in /, or existing) of Parquet shards and a run record, streamed, "
+                   "resumable (docs/bulk.md)")
+    corpus = p.add_argument_group("corpus mode (--output DIR/)")
+    corpus.add_argument("--id-column", metavar="NAME", help="carry this field / column into the shards' id "
+                        "column, unchanged (integers or strings); default: the row's index across all inputs")
+    corpus.add_argument("--shard-size", type=int, metavar="ROWS", help="rows per Parquet shard (default: 10000)")
+    corpus.add_argument("--on-error", choices=("fail", "skip"),
+                        help="a bad row (no text, null text, not UTF-8, not JSON): stop with its file and line "
+                        "(fail, the default) or skip it and list it in the run record (skip)")
+    corpus.add_argument("--overwrite", action="store_true",
+                        help="start over in a directory that holds an earlier run (default: resume it)")
     p.add_argument("--query", action="store_true", help="embed as queries with the model's default instruction")
     p.add_argument("--instruction", "--query-task", metavar="TEXT",
                    help="embed as queries with this instruction (instruction-tuned models; --query-task is an "
