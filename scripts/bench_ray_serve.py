@@ -129,13 +129,14 @@ def measure(target: Any, texts: list[str], clients: int, rounds: int) -> list[fl
     return [len(texts) / asyncio.run(_run_http(target, texts, clients))[0] for _ in range(rounds)]
 
 
-def render(rows: list[tuple[str, list[float]]], args: argparse.Namespace) -> str:
+def render(rows: list[tuple[str, list[float]]], args: argparse.Namespace, load: tuple[float, float]) -> str:
     begin, end = markers("ray-serve")
     lines = [begin, "## Ray Serve replicas (`scripts/bench_ray_serve.py`)", "",
              f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, Ray {ray.__version__}; "
              f"the tiny random Qwen3 of the tests; {args.clients} concurrent HTTP clients, one text of "
              f"{args.words} words per request, {args.requests} requests a round, {args.rounds} rounds; clients, "
-             "Ray, Serve's proxy and the replicas on the same machine.", "",
+             "Ray, Serve's proxy and the replicas on the same machine; load average (1 min) "
+             f"{load[0]:.1f} before, {load[1]:.1f} after (other jobs may share the machine).", "",
              "| replica merging | replicas | requests/s (median of rounds) | rounds |", "| --- | ---: | ---: | --- |"]
     for name, rates in rows:
         replicas = "1 process" if name.startswith("embedrt serve") else str(args.replicas)
@@ -157,6 +158,7 @@ def main() -> int:
     artefact = ensure_artefact(args.artefact).resolve()
     texts = make_texts(args.requests, word_range(args.words))
     rows: list[tuple[str, list[float]]] = []
+    load_before = os.getloadavg()[0]
     with Server(artefact, [], Load(backend="onnxruntime", precision="fp32")) as single:
         rows.append(("embedrt serve (no Ray, reference)", measure(single, texts, args.clients, args.rounds)))
     source = str(ROOT / "runtime" / "src")
@@ -178,7 +180,7 @@ def main() -> int:
     finally:
         serve.shutdown()
         ray.shutdown()
-    section = render(rows, args)
+    section = render(rows, args, (load_before, os.getloadavg()[0]))
     print(section)
     if not args.no_docs:
         write_section("ray-serve", section)

@@ -42,8 +42,10 @@ def serve_on_ray(app: serve.Application, config: RayServeConfig, server: ServerC
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
-            serve.start(http_options={"host": server.host, "port": server.http_port})
-            handle = serve.run(app, name=APP_NAME, route_prefix="/")
+            # Serve's own logs (controller, proxy, replicas) at this process's level (EMBEDRT_LOG_LEVEL)
+            quiet = {"log_level": logging.getLevelName(logging.getLogger().getEffectiveLevel())}
+            serve.start(http_options={"host": server.host, "port": server.http_port}, logging_config=quiet)
+            handle = serve.run(app, name=APP_NAME, route_prefix="/", logging_config=quiet)
             deployed = True
             announce(handle.models.remote().result())
             stop.wait()

@@ -215,7 +215,9 @@ def _replica_options(config: RayServeConfig, options: ModelOptions) -> dict[str,
     return {**scaling, "ray_actor_options": actor, "max_ongoing_requests": config.max_ongoing_requests,
             # a caller waiting for a replica counts against --max-queue, as admitted requests do in one process
             "max_queued_requests": options.scheduler.max_queued_requests,
-            "graceful_shutdown_timeout_s": options.grace_s + 1, "logging_config": _QUIET}
+            "graceful_shutdown_timeout_s": options.grace_s + 1, "logging_config": _QUIET,
+            # a replica that died is noticed by the next health check: within 2 s, not Serve's default 10 s
+            "health_check_period_s": 2.0}
 
 
 def build_app(artefacts: Sequence[str | Path], config: RayServeConfig | None = None,
