@@ -39,7 +39,7 @@ from embedrt.config import BackendConfig, RayServeConfig, SchedulerConfig, Serve
 from embedrt.errors import EmbedrtError
 from embedrt.heads import Prepared
 from embedrt.server import ray_serve
-from embedrt.server.ray_serve import Gateway, ModelIngress, ModelOptions, ModelReplica, Refused
+from embedrt.server.ray_serve import Gateway, ModelIngress, ModelOptions, ModelReplica, Refused, replica_options
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH_WAIT_S = SchedulerConfig().max_wait_us / 1e6
@@ -103,10 +103,8 @@ class RayApp:
     def __enter__(self) -> RayApp:
         config = RayServeConfig(replicas=self.replicas)
         if self.gateway:  # what an application of several models gets: one hop more per request
-            model = serve.deployment()(ModelReplica).options(
-                name="model", num_replicas=self.replicas, ray_actor_options={"num_cpus": 1},
-                max_ongoing_requests=config.max_ongoing_requests, logging_config={"enable_access_log": False})
-            options = dataclasses.replace(self.options, backend_config=BackendConfig(intra_op_threads=1))
+            model = serve.deployment()(ModelReplica).options(name="model", **replica_options(config, self.options))
+            options = dataclasses.replace(self.options, backend_config=BackendConfig(intra_op_threads=config.threads))
             app = serve.deployment()(Gateway).options(
                 name="gateway", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000,
                 logging_config={"enable_access_log": False}).bind([model.bind(str(self.artefact), options,

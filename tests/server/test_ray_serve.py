@@ -31,7 +31,7 @@ pytest.importorskip("ray.serve", reason="needs the ray extra: pip install 'embed
 import ray
 from ray import serve
 
-from embedrt.server.ray_serve import ModelOptions, build_app
+from embedrt.server.ray_serve import ModelOptions, ModelReplica, app_builder, build_app, replica_options
 
 pytestmark = pytest.mark.ray
 
@@ -105,6 +105,24 @@ def test_ray_is_imported_only_when_asked(artefact: Path, monkeypatch: pytest.Mon
     monkeypatch.setitem(sys.modules, "ray", None)  # type: ignore[arg-type]
     with pytest.raises(EmbedrtError, match=re.escape("pip install 'embedrt[ray]' (missing: ray)")):
         _run(build_parser().parse_args(["serve", str(artefact), "--ray"]))
+
+
+def test_deployment_options_follow_the_flags() -> None:
+    queue = ModelOptions(scheduler=SchedulerConfig(max_queued_requests=9), grace_s=4)
+    fixed = replica_options(RayServeConfig(replicas=3, cpus_per_replica=2, gpus_per_replica=0.5,
+                                           max_ongoing_requests=12), queue)
+    assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
+    assert fixed["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 0.5}  # two replicas share a GPU
+    assert (fixed["max_ongoing_requests"], fixed["max_queued_requests"]) == (12, 9)
+    assert fixed["backpressure_config"] == {"status_code": 429, "retry_after_s": 1}
+    assert fixed["graceful_shutdown_timeout_s"] == 5
+    auto = replica_options(RayServeConfig(replicas="auto", min_replicas=2, max_replicas=5,
+                                          target_ongoing_requests=8), ModelOptions())
+    assert "num_replicas" not in auto and auto["ray_actor_options"] == {"num_cpus": 1.0}
+    assert auto["autoscaling_config"] == {"min_replicas": 2, "max_replicas": 5, "target_ongoing_requests": 8}
+    for options in (fixed, auto):
+        serve.deployment()(ModelReplica).options(**options)  # Serve takes them (it checks each on the spot)
+    assert RayServeConfig(cpus_per_replica=1.5).threads == 2 and RayServeConfig(cpus_per_replica=0.25).threads == 1
 
 
 # -- the module's Ray: one model, two CPU replicas, the replicas themselves the ingress ------------------
@@ -286,10 +304,12 @@ def test_a_replica_killed_under_load_is_replaced_and_no_answer_is_wrong(replicas
 
 @pytest.fixture(scope="module")
 def several(cluster: int, replicas: httpx.Client, artefact: Path, reranker_artefact: Path) -> Iterator[str]:
-    """An embedder and a reranker, one replica each (a quarter CPU), behind the gateway at /multi."""
-    options = ModelOptions(scheduler=SchedulerConfig(max_inputs_per_request=MAX_INPUTS))
-    config = RayServeConfig(replicas=1, cpus_per_replica=0.25)
-    serve.run(build_app([artefact, reranker_artefact], config, options, LIMITS), name=MULTI, route_prefix="/multi")
+    """An embedder and a reranker, one replica each (a quarter CPU), behind the gateway at /multi; each
+    replica takes one request at a time, and two more may wait for it (so overload is easy to reach)."""
+    # Built as `serve run embedrt.server.ray_serve:app_builder ...` or a Serve config file would: from flags.
+    args = {"artefact": [str(artefact), str(reranker_artefact)], "replicas": 1, "cpus_per_replica": 0.25,
+            "max-ongoing-requests": 1, "max-queue": 2, "max-inputs": MAX_INPUTS, "max-message-bytes": MAX_MESSAGE_BYTES}
+    serve.run(app_builder(args), name=MULTI, route_prefix="/multi")
     yield "/multi"
     serve.delete(MULTI)
 
@@ -318,3 +338,29 @@ def test_the_gateway_routes_by_model(replicas: httpx.Client, several: str, mixed
         on_ray = replicas.post(f"{several}{path}", json=body)
         alone = mixed.http.post(path, json=body)
         assert (on_ray.status_code, on_ray.json()) == (alone.status_code, alone.json()), (path, body)
+
+
+def test_overload_behind_the_gateway_is_429_in_our_shape(replicas: httpx.Client, several: str,
+                                                          library: Embedder) -> None:
+    texts = [f"overload {i} " + "many words to embed " * 12 for i in range(MAX_INPUTS)]
+    want = library.embed(texts)
+    replies: list[httpx.Response] = []
+
+    def send() -> None:
+        with httpx.Client(base_url=replicas.base_url, timeout=60) as own:
+            replies.append(own.post(f"{several}/v1/embeddings", json={"input": texts}))
+
+    threads = [threading.Thread(target=send) for _ in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    codes = sorted(r.status_code for r in replies)
+    assert set(codes) == {200, 429}, codes
+    for reply in replies:
+        if reply.status_code == 200:
+            np.testing.assert_allclose(_vectors(reply), want, atol=1e-6)
+        else:
+            assert reply.headers["retry-after"] == "1"
+            assert reply.json()["error"]["code"] == "RESOURCE_EXHAUSTED"
+            assert reply.json()["error"]["type"] == "rate_limit_error"

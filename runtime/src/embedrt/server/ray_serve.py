@@ -204,7 +204,8 @@ class Gateway:
         return [_listed(m.name, m.task, m.info()) for m in self.state.models.values()]
 
 
-def _replica_options(config: RayServeConfig, options: ModelOptions) -> dict[str, Any]:
+def replica_options(config: RayServeConfig, options: ModelOptions) -> dict[str, Any]:
+    """The Serve deployment options of each model's replicas (``serve.deployment(...).options(**these)``)."""
     actor: dict[str, Any] = {"num_cpus": config.cpus_per_replica}
     if config.gpus_per_replica:
         actor["num_gpus"] = config.gpus_per_replica
@@ -213,8 +214,9 @@ def _replica_options(config: RayServeConfig, options: ModelOptions) -> dict[str,
         scaling = {"autoscaling_config": {"min_replicas": config.min_replicas, "max_replicas": config.max_replicas,
                                           "target_ongoing_requests": config.target_ongoing_requests}}
     return {**scaling, "ray_actor_options": actor, "max_ongoing_requests": config.max_ongoing_requests,
-            # a caller waiting for a replica counts against --max-queue, as admitted requests do in one process
+            # requests waiting for a replica: at most --max-queue (per caller), past it 429 as in one process
             "max_queued_requests": options.scheduler.max_queued_requests,
+            "backpressure_config": {"status_code": 429, "retry_after_s": 1},
             "graceful_shutdown_timeout_s": options.grace_s + 1, "logging_config": _QUIET,
             # a replica that died is noticed by the next health check: within 2 s, not Serve's default 10 s
             "health_check_period_s": 2.0}
@@ -240,7 +242,7 @@ def build_app(artefacts: Sequence[str | Path], config: RayServeConfig | None = N
     check_unique_names(names)
     server = server or ServerConfig()
     kind = ModelIngress if len(names) == 1 else ModelReplica
-    replica = serve.deployment()(kind).options(**_replica_options(config, options))
+    replica = serve.deployment()(kind).options(**replica_options(config, options))
     models = [replica.options(name=name).bind(path, options, server) for name, path in names]
     if len(models) == 1:
         return models[0]
@@ -262,4 +264,4 @@ def app_builder(args: Mapping[str, Any]) -> serve.Application:
 
 
 __all__ = ["APP_NAME", "GATEWAY", "Gateway", "ModelIngress", "ModelOptions", "ModelReplica", "Refused", "RemoteModel",
-           "app_builder", "build_app", "load_model"]
+           "app_builder", "build_app", "load_model", "replica_options"]
