@@ -1,12 +1,13 @@
 """The serving layer as a Ray Serve application: replicas of each model across a Ray cluster.
 
     from ray import serve
+    from embedrt.config import RayServeConfig
     from embedrt.server.ray_serve import build_app
     serve.run(build_app(["/shared/engines/qwen3-embedding-0.6b"], RayServeConfig(replicas=2)), route_prefix="/")
 
 or from a Serve config file / ``serve run``: ``embedrt.server.ray_serve:app_builder`` with ``args``
 spelled as ``embedrt serve``'s flags (``{"artefact": [...], "replicas": "auto", "max-batch-tokens": 8192}``).
-``embedrt serve ART --ray`` runs the same application (``ray_cli``).
+``embedrt serve ART --ray`` runs the same application (``ray_run``).
 
 A ``ModelReplica`` deployment per artefact, named after the model: each replica loads the model
 once and runs it behind its own core (``TaskScheduler``), which merges the requests Serve hands
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,8 +56,6 @@ from ..reranker import Reranker
 from .http_app import create_app
 from .metrics import ServerMetrics
 from .state import ServedModel, ServingState, Task, check_unique_names, serve_model
-
-log = logging.getLogger(__name__)
 
 APP_NAME = "embedrt"  # the Serve application `embedrt serve --ray` runs (and deletes on exit)
 GATEWAY = "gateway"  # its ingress deployment; each model's deployment is named after the model
@@ -228,7 +226,7 @@ def build_app(artefacts: Sequence[str | Path], config: RayServeConfig | None = N
     is one, else behind one ``Gateway``.
 
     ``artefacts`` must be paths every Ray node can read (a shared filesystem): each replica loads its
-    model from there. ``server`` gives the gateway's HTTP limits (``max_message_bytes``,
+    model from there. ``server`` gives the HTTP app's limits (``max_message_bytes``,
     ``body_timeout_s``); where Serve listens is Serve's ``http_options`` (``serve.start``).
     """
     config = config or RayServeConfig()
