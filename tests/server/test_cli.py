@@ -17,6 +17,7 @@ import pytest
 from embedrt import Embedder
 from embedrt.cli import build_parser
 from embedrt.cli.serve import OPTIONS, settings_from
+from embedrt.config import RayServeConfig
 from embedrt.server import pb2, pb2_grpc
 
 
@@ -52,12 +53,19 @@ _SAMPLES = {"--host": "0.0.0.0", "--grpc-port": "6001", "--http-port": "6002", "
             "--device": "cpu", "--device-id": "1", "--intra-op-threads": "3", "--cuda-graphs": "true",
             "--cuda-graph-max-tokens": "2048", "--attention": "eager", "--max-batch-tokens": "3000",
             "--max-batch-size": "17", "--max-batch-requests": "5", "--max-wait-us": "123", "--max-queue": "77",
-            "--max-queue-tokens": "99999", "--max-inputs": "33", "--tokenizer-threads": "3"}
-_NEEDS = {"--tls-cert": ["--tls-key", "k.pem"], "--tls-key": ["--tls-cert", "c.pem"]}  # valid only in pairs
+            "--max-queue-tokens": "99999", "--max-inputs": "33", "--tokenizer-threads": "3", "--ray": "auto",
+            "--replicas": "auto", "--min-replicas": "2", "--max-replicas": "6", "--target-ongoing-requests": "8",
+            "--max-ongoing-requests": "32", "--cpus-per-replica": "2", "--gpus-per-replica": "0.5"}
+_RAY_FLAGS = ("--replicas", "--min-replicas", "--max-replicas", "--target-ongoing-requests", "--max-ongoing-requests",
+              "--cpus-per-replica", "--gpus-per-replica")
+_NEEDS = {"--tls-cert": ["--tls-key", "k.pem"], "--tls-key": ["--tls-cert", "c.pem"],  # valid only in pairs
+          **{flag: ["--ray"] for flag in _RAY_FLAGS}}  # valid only on Ray
 
 
 def _target(settings, target: str):  # type: ignore[no-untyped-def]
     section, name = target.split(".")
+    if section == "ray":
+        return getattr(settings.ray or RayServeConfig(), name)  # None: not on Ray, the defaults
     return settings.load[name] if section == "load" else getattr(getattr(settings, section), name)
 
 
@@ -68,7 +76,7 @@ def test_every_variable_sets_what_its_flag_sets(monkeypatch: pytest.MonkeyPatch)
     for option in OPTIONS:
         value, base = _SAMPLES[option.flag], ["art", *_NEEDS.get(option.flag, [])]
         by_variable = _settings(base, {option.env: value}, monkeypatch)
-        by_flag = _settings([*base, option.flag, value], {}, monkeypatch)
+        by_flag = _settings([*base, f"{option.flag}={value}"], {}, monkeypatch)
         assert by_variable == by_flag, option.flag
         for target in option.targets:
             assert _target(by_variable, target) == option.to_config(option.type(value)), (option.env, target)

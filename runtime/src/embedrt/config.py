@@ -149,3 +149,49 @@ class ServerConfig:
             raise ConfigError(missing, "TLS needs both a certificate and its private key")
         _at_least("server", self, 1, "max_message_bytes")
         _at_least("server", self, 0, "body_timeout_s", "grace_s")
+
+
+@dataclass(frozen=True)
+class RayServeConfig:
+    """Replicas on Ray Serve (``embedrt serve --ray``, ``embedrt.server.ray_serve.build_app``): per model."""
+
+    # ray.init's address: None finds a cluster (RAY_ADDRESS, then the one started last on this machine) or
+    # starts a local one; "auto" only connects; "HOST:6379" or "ray://HOST:10001" a given cluster.
+    address: str | None = None
+    replicas: int | str = 1  # replicas of each model, or "auto": between min and max on ongoing requests
+    min_replicas: int = 1  # "auto" only
+    max_replicas: int = 4  # "auto" only
+    # "auto" adds replicas while the average replica has more requests in flight than this. Batching
+    # needs company, so well above Serve's default of 2.
+    target_ongoing_requests: float = 16.0
+    max_ongoing_requests: int = 64  # requests Serve hands one replica at once; more wait in Serve's router
+    cpus_per_replica: float = 1.0  # Ray's num_cpus; also the replica's ONNX Runtime threads unless set
+    gpus_per_replica: float = 0.0  # Ray's num_gpus: 0.5 puts two replicas on one GPU; 0: CPU replicas
+
+    def __post_init__(self) -> None:
+        if self.replicas != "auto" and (isinstance(self.replicas, bool) or not isinstance(self.replicas, int)):
+            raise ConfigError("ray.replicas", f"must be a number of replicas or auto, got {self.replicas!r}")
+        _at_least("ray", self, 1, *(() if self.replicas == "auto" else ("replicas",)), "min_replicas",
+                  "max_replicas", "max_ongoing_requests")
+        _at_least("ray", self, 0, "cpus_per_replica", "gpus_per_replica")
+        if self.target_ongoing_requests <= 0 or not math.isfinite(self.target_ongoing_requests):
+            raise ConfigError("ray.target_ongoing_requests", f"must be above 0, got {self.target_ongoing_requests}")
+        if self.max_replicas < self.min_replicas:
+            raise ConfigError("ray.max_replicas", f"must be at least --min-replicas ({self.min_replicas}), "
+                              f"got {self.max_replicas}")
+        if self.gpus_per_replica > 1 and not float(self.gpus_per_replica).is_integer():
+            raise ConfigError("ray.gpus_per_replica", "above 1 must be a whole number of GPUs (Ray's rule), "
+                              f"got {self.gpus_per_replica:g}")
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.replicas == "auto"
+
+    @property
+    def most_replicas(self) -> int:
+        return self.max_replicas if self.autoscaling else int(self.replicas)
+
+    @property
+    def threads(self) -> int:
+        """ONNX Runtime threads for a replica that was given no --intra-op-threads: its CPUs, at least 1."""
+        return max(1, math.ceil(self.cpus_per_replica))

@@ -276,6 +276,10 @@ class TaskScheduler(Generic[Req, Res]):
 
     # -- lifecycle --------------------------------------------------------------------------------
 
+    def alive(self) -> bool:
+        """False once closed, or if the backend worker thread has died: nothing queued would run."""
+        return not self._closed and self._worker.is_alive()
+
     def depth(self) -> tuple[int, int]:
         """(requests admitted and not answered, tokens waiting for the backend)."""
         with self._cond:

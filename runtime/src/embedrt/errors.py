@@ -7,8 +7,22 @@ one line there, not a change in every handler.
 from __future__ import annotations
 
 
+def _restore(kind: type[EmbedrtError], args: tuple[object, ...], state: dict[str, object]) -> EmbedrtError:
+    error = kind.__new__(kind)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
 class EmbedrtError(Exception):
-    """Base class of every error embedrt raises on purpose."""
+    """Base class of every error embedrt raises on purpose.
+
+    Picklable whatever a subclass's constructor takes (``InvalidFieldError(field, message)``), so an
+    error crosses a process boundary intact, e.g. from a Ray Serve replica to the HTTP gateway.
+    """
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return _restore, (type(self), self.args, self.__dict__)
 
 
 class InvalidInputError(EmbedrtError, ValueError):

@@ -1,5 +1,6 @@
 """``embedrt serve ARTEFACT [ARTEFACT ...]``: gRPC (+ HTTP) with cross-request batching, one or more
-models (embedders and rerankers, each loaded as its manifest's task says) in one process.
+models (embedders and rerankers, each loaded as its manifest's task says) in one process; with
+``--ray [ADDRESS]``, HTTP from replicas of each model on a Ray cluster (``server/ray_serve.py``).
 
 Every flag is also read from an ``EMBEDRT_*`` environment variable (``--max-batch-tokens`` from
 ``EMBEDRT_MAX_BATCH_TOKENS``; the artefacts from ``EMBEDRT_ARTEFACT``, comma-separated); a flag or
@@ -15,16 +16,17 @@ import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import BackendConfig, BatchingConfig, SchedulerConfig, ServerConfig
+from ..config import BackendConfig, BatchingConfig, RayServeConfig, SchedulerConfig, ServerConfig
 from ..errors import ConfigError, EmbedrtError
 
 _SECTIONS: dict[str, Any] = {"server": ServerConfig, "scheduler": SchedulerConfig, "batching": BatchingConfig,
-                             "backend": BackendConfig}
+                             "backend": BackendConfig, "ray": RayServeConfig}
+_GRPC_ONLY = ("grpc_port", "tls_cert", "tls_key", "reflection")  # flags (dest) that --ray has no use for
 _LOAD_DEFAULTS = {"backend": "auto", "precision": "auto"}  # Embedder.load arguments
 
 
@@ -45,6 +47,23 @@ def _same(value: Any) -> Any:
     return value
 
 
+def _ray_address(text: str) -> str | None:
+    """EMBEDRT_RAY (or --ray ADDRESS): true = find or start a cluster (""), false = not on Ray, else an address."""
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on", ""):
+        return ""
+    return None if lowered in ("0", "false", "no", "off") else text.strip()
+
+
+def _replicas(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of replicas or auto, got {text!r}") from None
+
+
 @dataclass(frozen=True)
 class Option:
     flag: str
@@ -52,6 +71,7 @@ class Option:
     type: Callable[[str], Any]
     help: str
     to_config: Callable[[Any], Any] = _same  # flag value -> dataclass value
+    const: Any = None  # not None: the value may be left out (`--ray` alone), meaning this
 
     @property
     def env(self) -> str:
@@ -107,7 +127,25 @@ OPTIONS: tuple[Option, ...] = (
     Option("--max-inputs", ("scheduler.max_inputs_per_request",), int,
            "texts per embedding request, documents per rerank request"),
     Option("--tokenizer-threads", ("scheduler.tokenizer_threads",), int, "threads tokenizing requests"),
+    Option("--ray", ("ray.address",), _ray_address,
+           "serve on Ray Serve: HTTP from replicas of each model across a Ray cluster (no gRPC); ADDRESS as "
+           "ray.init takes it: none = RAY_ADDRESS or the cluster started last on this machine or a new local one, "
+           "auto, HOST:6379, ray://HOST:10001 (the artefacts must be paths every node reads)",
+           lambda address: address or None, const=""),
+    Option("--replicas", ("ray.replicas",), _replicas,
+           "--ray: replicas of each model, or auto (between --min-replicas and --max-replicas, on ongoing requests)"),
+    Option("--min-replicas", ("ray.min_replicas",), int, "--ray --replicas auto: fewest replicas of each model"),
+    Option("--max-replicas", ("ray.max_replicas",), int, "--ray --replicas auto: most replicas of each model"),
+    Option("--target-ongoing-requests", ("ray.target_ongoing_requests",), float,
+           "--ray --replicas auto: requests in flight per replica that autoscaling aims at"),
+    Option("--max-ongoing-requests", ("ray.max_ongoing_requests",), int,
+           "--ray: requests Serve hands one replica at once (they batch together); more wait in Serve's queue"),
+    Option("--cpus-per-replica", ("ray.cpus_per_replica",), float,
+           "--ray: Ray CPUs each replica reserves; also its backend threads unless --intra-op-threads is given"),
+    Option("--gpus-per-replica", ("ray.gpus_per_replica",), float,
+           "--ray: Ray GPUs each replica reserves (0.5: two replicas share a GPU; 0: CPU replicas)"),
 )
+_RAY_ONLY = tuple(o for o in OPTIONS if o.targets[0].startswith("ray.") and o.flag != "--ray")
 
 
 @dataclass(frozen=True)
@@ -118,6 +156,7 @@ class ServeSettings:
     batching: BatchingConfig
     backend: BackendConfig
     load: dict[str, str]
+    ray: RayServeConfig | None = None  # None: one process, not on Ray
 
     @property
     def artefact(self) -> str:
@@ -131,8 +170,25 @@ def _artefacts(value: str | list[str] | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in given if p.strip())
 
 
+def _check_mode(args: argparse.Namespace) -> bool:
+    """Whether the flags ask for Ray; refuse flags of the other mode (they would be silently ignored)."""
+    on_ray = getattr(args, "ray", None) is not None
+    for option in OPTIONS:
+        given = getattr(args, option.dest, None) is not None
+        if given and not on_ray and option in _RAY_ONLY:
+            raise EmbedrtError(f"{option.flag}: applies only with --ray (flag {option.flag} or {option.env})")
+        if given and on_ray and option.dest in _GRPC_ONLY:
+            raise EmbedrtError(f"{option.flag}: --ray serves HTTP only; leave out {option.flag} ({option.env}), or "
+                               "serve gRPC with embedrt serve without --ray")
+    if on_ray and getattr(args, "http_port", None) == 0:
+        raise EmbedrtError("--http-port 0: --ray serves HTTP only, so it needs a port (flag --http-port or "
+                           "EMBEDRT_HTTP_PORT)")
+    return on_ray
+
+
 def settings_from(args: argparse.Namespace) -> ServeSettings:
     """Parsed flags (already defaulted from the environment) -> the configuration dataclasses."""
+    on_ray = _check_mode(args)
     values: dict[str, dict[str, Any]] = {"load": dict(_LOAD_DEFAULTS), **{s: {} for s in _SECTIONS}}
     for option in OPTIONS:
         value = getattr(args, option.dest)
@@ -142,14 +198,43 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
             section, name = target.split(".")
             values[section][name] = option.to_config(value)
     artefacts = _artefacts(args.artefact)
+    if not artefacts and on_ray and args.ray and (Path(args.ray) / "manifest.json").is_file():
+        raise EmbedrtError(f"--ray took the artefact {args.ray} for a Ray address; put the artefacts first "
+                           f"(embedrt serve {args.ray} --ray) or give the address (--ray auto {args.ray})")
     if not artefacts:
         raise EmbedrtError("give the ARTEFACT directory, or several (or set EMBEDRT_ARTEFACT, comma-separated)")
     try:  # every value is checked here, before a port is bound or the model is read
-        made = {s: cls(**values[s]) for s, cls in _SECTIONS.items()}
+        ray = RayServeConfig(**values["ray"])
+        if on_ray and "intra_op_threads" not in values["backend"]:
+            values["backend"]["intra_op_threads"] = ray.threads  # a replica's CPUs, not this machine's
+        made = {s: cls(**values[s]) for s, cls in _SECTIONS.items() if s != "ray"}
     except ConfigError as exc:
         raise flag_error(exc, args) from None
     return ServeSettings(artefacts, made["server"], made["scheduler"], made["batching"], made["backend"],
-                         values["load"])
+                         values["load"], ray if on_ray else None)
+
+
+def settings_from_mapping(given: Mapping[str, Any]) -> ServeSettings:
+    """Settings for Ray Serve from a mapping of flags without dashes (a Serve config's ``args``):
+    ``{"artefact": [...] or "a,b", "replicas": 2, "max-batch-tokens": 8192}``; EMBEDRT_* apply too."""
+    parser = argparse.ArgumentParser(prog="embedrt serve (Ray Serve args)")
+
+    def error(message: str) -> None:
+        raise EmbedrtError(f"embedrt serve application: {message}")
+
+    _add_arguments(parser)
+    parser.error = error  # type: ignore[method-assign, assignment]
+    argv: list[str] = []
+    for key, value in given.items():
+        name = key.replace("_", "-")
+        if name in ("artefact", "artefacts"):
+            argv[:0] = list(_artefacts(value))
+        else:
+            argv += [f"--{name}", str(value).lower() if isinstance(value, bool) else str(value)]
+    args = parser.parse_args(argv)
+    if args.ray is None:
+        args.ray = ""  # a Serve application is on Ray whatever EMBEDRT_RAY says
+    return settings_from(args)
 
 
 def flag_error(exc: ConfigError, args: argparse.Namespace | None = None) -> EmbedrtError:
@@ -200,16 +285,51 @@ def _loaders(settings: ServeSettings) -> list[Callable[[], Any]]:
     return [loader(path, Reranker if m.task == "rerank" else Embedder) for path, m in manifests]
 
 
+def ray_app(settings: ServeSettings) -> Any:
+    """The Ray Serve application for ``settings`` (``server/ray_serve.py``); imports Ray."""
+    from ..server.ray_serve import ModelOptions, build_app
+
+    options = ModelOptions(settings.load["backend"], settings.load["precision"], settings.batching, settings.backend,
+                           settings.scheduler, settings.server.warmup, settings.server.grace_s)
+    return build_app(settings.artefacts, settings.ray, options, settings.server)
+
+
+def _announce_ray(settings: ServeSettings, models: list[tuple[str, str, str, str]]) -> None:
+    ray, config = settings.ray, settings.server
+    assert ray is not None
+    count = (f"{ray.min_replicas}-{ray.max_replicas} replicas (auto)" if ray.autoscaling
+             else f"{ray.replicas} replica{'s' if ray.replicas != 1 else ''}")
+    listed = ", ".join(f"{name}{' (rerank)' if task == 'rerank' else ''} on {backend} {precision}"
+                       for name, task, backend, precision in models)
+    print(f"embedrt serve: ready: {listed}; {count} each on Ray Serve; HTTP http://{config.host}:{config.http_port}",
+          file=sys.stderr, flush=True)
+
+
+def _run_ray(settings: ServeSettings) -> int:
+    try:
+        from ..server.ray_run import serve_on_ray
+
+        app = ray_app(settings)
+    except ImportError as exc:
+        hint = f"--ray needs Ray Serve: pip install 'embedrt[ray]' (missing: {exc.name})"
+        raise EmbedrtError(hint) from exc
+    assert settings.ray is not None
+    serve_on_ray(app, settings.ray, settings.server, lambda models: _announce_ray(settings, models))
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=os.environ.get("EMBEDRT_LOG_LEVEL", "INFO").upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = settings_from(args)
+    if settings.ray is not None:
+        return _run_ray(settings)
     try:
         from ..server import EmbeddingServer, serve_until_signal
     except ImportError as exc:
         hint = f"serving needs the server extra: pip install 'embedrt[server]' (missing: {exc.name})"
         raise EmbedrtError(hint) from exc
 
-    logging.basicConfig(level=os.environ.get("EMBEDRT_LOG_LEVEL", "INFO").upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = settings_from(args)
     server = EmbeddingServer(_loaders(settings), settings.server, settings.scheduler)
     try:
         asyncio.run(serve_until_signal(server, _announce))
@@ -225,13 +345,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        "/v1/embeddings, Cohere's /v1/rerank, TEI's /rerank, /v1/models, /health, /metrics), "
                        "batching concurrent requests together; a request's `model` picks the artefact by "
                        "its name. Every flag can also be set with the EMBEDRT_* variable shown. "
-                       "SIGTERM/SIGINT drain admitted requests within --grace, then exit 0.")
+                       "SIGTERM/SIGINT drain admitted requests within --grace, then exit 0. With --ray: "
+                       "replicas of each model on Ray Serve behind the same HTTP API (docs/ray.md).")
+    _add_arguments(p)
+    _one_line_errors(p)
+    p.set_defaults(run=_run)
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("artefact", nargs="*", default=os.environ.get("EMBEDRT_ARTEFACT"), metavar="ARTEFACT",
                    help="artefact directories written by `embedrt export` [EMBEDRT_ARTEFACT, comma-separated]")
     for option in OPTIONS:
         env = os.environ.get(option.env)
         # argparse converts string defaults with `type`, so a bad variable fails like a bad flag.
-        p.add_argument(option.flag, type=option.type, default=env, metavar=option.dest.upper(),
-                       help=f"{option.help} (default: {option.default()}) [{option.env}]")
-    _one_line_errors(p)
-    p.set_defaults(run=_run)
+        optional = {"nargs": "?", "const": option.const} if option.const is not None else {}
+        default = "" if option.const is None else " (default: off)"
+        p.add_argument(option.flag, type=option.type, default=env, metavar=option.dest.upper(), **optional,
+                       help=f"{option.help}{default or f' (default: {option.default()})'} [{option.env}]")

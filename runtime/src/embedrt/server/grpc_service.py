@@ -104,7 +104,7 @@ def to_rerank_reply(ranking: Ranking, request: RerankRequest, model: str, docume
 
 
 class _Service:
-    def __init__(self, state: ServingState) -> None:
+    def __init__(self, state: ServingState[ServedModel]) -> None:
         self.state = state
 
     async def _fail(self, context: grpc.aio.ServicerContext, exc: BaseException, started: float) -> None:
@@ -239,7 +239,7 @@ class EmbedderService(_Service):
         return await self._unary(context, answer)
 
 
-def _handlers(state: ServingState) -> tuple[grpc.GenericRpcHandler, ...]:
+def _handlers(state: ServingState[ServedModel]) -> tuple[grpc.GenericRpcHandler, ...]:
     # Registered by hand rather than with the generated add_*_to_server, only to parse requests
     # ourselves: protobuf rejects bad UTF-8 at parse time, which gRPC would report as INTERNAL.
     embedder, reranker = EmbedderService(state), RerankerService(state)
@@ -258,7 +258,7 @@ def _handlers(state: ServingState) -> tuple[grpc.GenericRpcHandler, ...]:
     )
 
 
-def _health(state: ServingState) -> HealthServicer:
+def _health(state: ServingState[ServedModel]) -> HealthServicer:
     health = HealthServicer()
     serving = health_pb2.HealthCheckResponse.SERVING
     not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -296,7 +296,7 @@ def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
         raise ConfigError("server.tls_cert", f"gRPC could not use this certificate and key: {exc}") from None
 
 
-def create_server(state: ServingState, config: ServerConfig) -> tuple[grpc.aio.Server, int]:
+def create_server(state: ServingState[ServedModel], config: ServerConfig) -> tuple[grpc.aio.Server, int]:
     """A bound, not yet started gRPC server and its port (useful with ``grpc_port=0``)."""
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", config.max_message_bytes),

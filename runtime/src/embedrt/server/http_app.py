@@ -152,7 +152,7 @@ async def _unless_disconnected(request: Request, work: asyncio.Future[T]) -> T |
     return None
 
 
-def create_app(state: ServingState, config: ServerConfig) -> FastAPI:
+def create_app(state: ServingState[Any], config: ServerConfig) -> FastAPI:
     app = FastAPI(title="embedrt", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = state.metrics
     app.add_middleware(BodyLimits, config=config, metrics=metrics)  # type: ignore[arg-type]
@@ -247,7 +247,7 @@ class HttpServer(uvicorn.Server):
         await self.serve(sockets=[self.socket])
 
 
-def create_http_server(state: ServingState, config: ServerConfig) -> tuple[HttpServer, int]:
+def create_http_server(state: ServingState[Any], config: ServerConfig) -> tuple[HttpServer, int]:
     """A bound, not yet serving HTTP server and its port (``config.http_port`` may be 0)."""
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     # IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY on accepted connections only when the

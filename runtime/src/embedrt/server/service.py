@@ -81,7 +81,7 @@ class EmbeddingServer:
                  scheduler: SchedulerConfig | None = None) -> None:
         self.config = config or ServerConfig()
         self.scheduler_config = scheduler or SchedulerConfig()
-        self.state = ServingState(ServerMetrics())
+        self.state: ServingState[ServedModel] = ServingState(ServerMetrics())
         self._loaders: tuple[Loader, ...] = tuple(loader) if isinstance(loader, Sequence) else (loader,)
         self._grpc: grpc.aio.Server | None = None
         self._http: HttpServer | None = None
@@ -218,7 +218,7 @@ class ThreadedServer:
         return self.server.ports
 
     @property
-    def state(self) -> ServingState:
+    def state(self) -> ServingState[ServedModel]:
         return self.server.state
 
     def start(self, timeout: float = 30.0) -> Ports:

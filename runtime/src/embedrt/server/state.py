@@ -9,6 +9,10 @@ rule for both transports (``ServingState.route``):
 - otherwise, with one model of the request's task, that model, whatever the name (clients must send
   one, and a one-model server should not care which);
 - otherwise, no name: 400 asking for one; an unknown name: 404 naming the models.
+
+The state only needs a model's name, task, ``info()`` and ``run(request)`` (``ModelEntry``): a model
+loaded in this process (``ServedModel``) or one served elsewhere (a Ray Serve deployment,
+``ray_serve.RemoteModel``) route alike.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from .. import __version__
 from ..config import SchedulerConfig
@@ -40,6 +44,20 @@ ENDPOINTS: dict[str, dict[str, str]] = {
 }
 
 
+class ModelEntry(Protocol):
+    """What routing, ``/v1/models``, Info and the transports need of a served model."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def task(self) -> Task: ...
+    def info(self) -> ModelInfo | RerankerInfo: ...
+    async def run(self, request: Any) -> Any: ...
+
+
+M = TypeVar("M", bound=ModelEntry)
+
+
 @dataclass(frozen=True)
 class ServedModel:
     """One loaded artefact and its core."""
@@ -51,6 +69,10 @@ class ServedModel:
 
     def submit(self, request: Any) -> Future[Any]:
         return self.scheduler.submit(request)
+
+    async def run(self, request: Any) -> Any:
+        """Submit to the core and wait without blocking the loop; cancelling the wait cancels the job."""
+        return await asyncio.wrap_future(self.submit(request))
 
     def warm_up(self) -> Future[Any]:
         """One small request: the first batch pays for allocations and kernel selection."""
@@ -83,13 +105,13 @@ def check_unique_names(named: Iterable[tuple[str, str]]) -> None:
         seen[name] = where
 
 
-class ServingState:
+class ServingState(Generic[M]):
     """Loading -> ready -> draining -> stopped. Requests are admitted only while ready."""
 
     def __init__(self, metrics: ServerMetrics | None = None) -> None:
         self.metrics = metrics or ServerMetrics()
         self.phase: Phase = "loading"
-        self.models: dict[str, ServedModel] = {}  # in the order the artefacts were given
+        self.models: dict[str, M] = {}  # in the order the artefacts were given
         self._listeners: list[Callable[[Phase], Awaitable[None]]] = []
 
     def on_phase(self, listener: Callable[[Phase], Awaitable[None]]) -> None:
@@ -102,7 +124,7 @@ class ServingState:
         for listener in self._listeners:
             await listener(phase)
 
-    async def loaded(self, models: Sequence[ServedModel]) -> None:
+    async def loaded(self, models: Sequence[M]) -> None:
         """Serve ``models`` (of distinct names, ``check_unique_names``) from now on."""
         self.models = {m.name: m for m in models}
         await self.set_phase("ready")
@@ -120,7 +142,7 @@ class ServingState:
         if self.phase != "ready":
             raise UnavailableError("the server is shutting down and takes no new requests; retry on another replica")
 
-    def route(self, task: Task | None, name: str | None, transport: Transport) -> ServedModel:
+    def route(self, task: Task | None, name: str | None, transport: Transport) -> M:
         """The model a request of ``task`` (None: any, as for Info) naming ``name`` goes to (module docstring)."""
         self.check_ready()
         name = name or None
@@ -148,9 +170,9 @@ class ServingState:
         return ", ".join(m.name if task else f"{m.name} ({m.task})" for m in self.models.values()
                          if task is None or m.task == task)
 
-    async def run(self, served: ServedModel, request: Any) -> Any:
-        """Submit to the model's core and wait without blocking the loop; cancelling the wait cancels the job."""
-        return await asyncio.wrap_future(served.submit(request))
+    async def run(self, served: M, request: Any) -> Any:
+        """Run ``request`` on ``served``; cancelling the wait cancels the job."""
+        return await served.run(request)
 
     def info(self, name: str | None, transport: Transport) -> ModelInfo | RerankerInfo:
         return self.route(None, name, transport).info()
@@ -168,4 +190,5 @@ def info_fields(info: ModelInfo | RerankerInfo) -> dict[str, Any]:
             "pooling": info.pooling, "normalize": info.normalize, "query_template": info.query_template}
 
 
-__all__ = ["ENDPOINTS", "Phase", "ServedModel", "ServingState", "check_unique_names", "info_fields", "serve_model"]
+__all__ = ["ENDPOINTS", "ModelEntry", "Phase", "ServedModel", "ServingState", "check_unique_names", "info_fields",
+           "serve_model"]
