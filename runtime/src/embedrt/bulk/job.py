@@ -56,7 +56,7 @@ class RayOptions:
     address: str | None = None
     actors: int | None = None  # None: one per GPU of the cluster, or its CPUs over cpus_per_actor
     gpus_per_actor: float | None = None  # None: 1 where the cluster has GPUs, else 0 (CPU actors)
-    cpus_per_actor: int | None = None  # None: 1 with a GPU, else a node's CPUs up to 8; ONNX Runtime's threads
+    cpus_per_actor: int | None = None  # None: 1 with a GPU, else a node's CPUs split evenly, <= 8; also ORT threads
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,10 @@ def run(options: BulkOptions, *, log: Callable[[str], None] | None = None,
         raise InvalidInputError(f"--shard-size must be at least 1, not {options.shard_size}")
     if options.on_error not in ("fail", "skip"):
         raise InvalidInputError(f"--on-error must be fail or skip, not {options.on_error!r}")
+    if options.ray is not None:
+        from .ray.cluster import import_ray
+
+        import_ray()  # without the ray extra (which brings pyarrow too), say so before anything
     pyarrow("writing Parquet shards")  # an environment without the bulk extra is told so before anything
     found = resolve(options.inputs, options.input_format)
     if not found:
@@ -114,7 +118,7 @@ def _run(options: BulkOptions, found: list[tuple[str, str]], output: Output, say
     for source in inputs:
         readers.check(source, options.columns)
     manifest = load_manifest(options.artefact)
-    _check_options(options, manifest)
+    check_prompt(manifest, options.prompt, options.instruction, options.dimensions)
     settings = _settings(options, manifest)
     record = Record(settings, inputs)
     if previous is not None:
@@ -158,12 +162,14 @@ def begin(options: BulkOptions, book: ShardBook, model: dict[str, Any]) -> None:
     book.output.save(book.record)
 
 
-def _check_options(options: BulkOptions, manifest: Manifest) -> None:
+def check_prompt(manifest: Manifest, prompt: str, instruction: str | None, dimensions: int | None) -> None:
     """The model-dependent options, refused before the model loads."""
-    check_dimensions(options.dimensions, manifest.dimensions_range)
-    if options.prompt == "query":
-        manifest.prompts.check_instruction(options.instruction)
-    elif options.instruction is not None:
+    check_dimensions(dimensions, manifest.dimensions_range)
+    if prompt == "query":
+        manifest.prompts.check_instruction(instruction)
+    elif prompt != "document":
+        raise InvalidInputError(f"prompt must be 'document' or 'query', not {prompt!r}")
+    elif instruction is not None:
         raise InvalidInputError("an instruction formats queries: pass --query with it, or leave it out")
 
 
@@ -205,7 +211,8 @@ class _LocalJob:
 
     def _embed(self, texts: Iterator[str], progress: Progress) -> tuple[list[Pending], int]:
         """One shard's texts, window by window, into ``self.vectors``: its rows and tokens."""
-        opts, rows, tokens = self.options, [], 0
+        opts, tokens = self.options, 0
+        rows: list[Pending] = []
         for block in embed_blocks(self.embedder, texts, prompt=opts.prompt, instruction=opts.instruction,
                                   dimensions=opts.dimensions, window=opts.window):
             if self.vectors is None:
@@ -226,4 +233,4 @@ class _LocalJob:
         progress.shard_written(name)
 
 
-__all__ = ["SHARD_SIZE", "BulkOptions", "RayOptions", "begin", "run"]
+__all__ = ["SHARD_SIZE", "BulkOptions", "RayOptions", "begin", "check_prompt", "run"]
