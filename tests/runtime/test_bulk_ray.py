@@ -9,6 +9,7 @@ Selected with ``-m ray``; skipped without Ray.
 from __future__ import annotations
 
 import gc
+import io
 import json
 import logging
 import os
@@ -164,6 +165,18 @@ def test_ray_gives_the_local_shards_and_record(cluster: None, qwen3_artefact: Pa
     assert messages == ["embedding on Ray: 2 actors of 1 CPU (1 thread) each"]
     assert record.complete and record.rows == 55 and record.skipped == 2
     _same_run(on_ray, local)
+
+
+def test_standard_input_on_ray(cluster: None, qwen3_artefact: Path, tmp_path: Path,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The driver reads the inputs, so standard input goes to a cluster as a file does."""
+    data = ("\n".join(TEXTS[:12]) + "\n").encode()
+    for out, ray_options in ((tmp_path / "local", None), (tmp_path / "ray", TWO_ACTORS)):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+        run(BulkOptions(artefact=qwen3_artefact, inputs=("-",), output=out, shard_size=5, progress=False,
+                        ray=ray_options))
+    assert table_of(tmp_path / "ray")[0] == list(range(12))
+    _same_run(tmp_path / "ray", tmp_path / "local")
 
 
 def test_resume_refuse_and_overwrite_on_ray(cluster: None, qwen3_artefact: Path, tmp_path: Path,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
@@ -160,6 +161,7 @@ def begin(options: BulkOptions, book: ShardBook, model: dict[str, Any]) -> None:
         book.output.clear()
     book.record.model = model
     book.output.save(book.record)
+    book.started = time.monotonic()  # the record's seconds count the work, not loading the model
 
 
 def check_prompt(manifest: Manifest, prompt: str, instruction: str | None, dimensions: int | None) -> None:

@@ -103,6 +103,7 @@ class _Pool:
 
     def wait(self) -> None:
         """Until at least one running shard is finished."""
+        assert self.running, "full with nothing running: the finished shards were not taken back"
         ready, _ = self.ray.wait(list(self.running), num_returns=1)
         for ref in ready:
             work, n = self.running.pop(ref)

@@ -77,10 +77,10 @@ class ShardWriter:
         """Embed and write shard ``name``; its ``bytes``, ``sha256``, ``tokens`` and ``rows``."""
         if self.embedder is None:
             raise InvalidInputError(f"on {self.host}: {self.problem}")
-        vectors, tokens = self.spec.embed(self.embedder, texts)
         if not self.output.is_dir():
             raise InvalidInputError(f"--output {self.output} does not exist on {self.host}: on a Ray cluster it must "
                                     "be a path every node can write (a shared file system)")
+        vectors, tokens = self.spec.embed(self.embedder, texts)
         written = write_shard(self.output / name, ids, id_type, vectors)
         return {**written, "tokens": tokens, "rows": len(vectors)}
 
