@@ -226,7 +226,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         help="--ray: actors (default: one per GPU of the cluster, else its CPUs over --cpus-per-actor)")
     corpus.add_argument("--cpus-per-actor", type=int, metavar="N",
                         help="--ray: CPUs each actor reserves, also its ONNX Runtime threads (default: 1 with a "
-                        "GPU, else a node's CPUs up to 8)")
+                        "GPU, else a node's CPUs split evenly, at most 8)")
     corpus.add_argument("--gpus-per-actor", type=float, metavar="N",
                         help="--ray: GPUs each actor reserves (default: 1 where the cluster has GPUs, else 0: CPU "
                         "actors)")
