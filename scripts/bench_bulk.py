@@ -1,6 +1,6 @@
 """Corpus mode (`embedrt embed ... --output DIR/`) against the library in memory, and its memory bound.
 
-    python scripts/bench_bulk.py [--model minilm|tiny] [--rows 5000] [--repeats 3]
+    python scripts/bench_bulk.py [--model minilm|tiny] [--rows 5000] [--repeats 3] [--no-ray]
                                  [--rss-lines 10000 1000000] [--work build/bench-bulk] [--docs]
 
 ``--rows 0`` or ``--rss-lines`` with no value skips that half.
@@ -9,9 +9,13 @@ Throughput (streaming overhead; target <= 5 %): ``--rows`` passages of 1-8 sente
 scripts/text_corpus.py (about 15-250 tokens) in one JSONL file, embedded by
   library  ``Embedder.load`` then ``embed_documents(texts)``, every text in memory (one global sort)
   bulk     ``embedrt embed ART --input texts.jsonl --output DIR/ --overwrite`` (the command's own main())
-each in its own process, sides interleaved, best of ``--repeats``. Both load the model outside the
-time; the bulk time is the job's streaming loop as its run record gives it (reading, embedding,
-writing and recording shards), its whole command (load and input checksum included) is shown besides.
+  ray      the same with ``--ray local``: a Ray instance of this machine started by the command, its
+           default actors (this machine's CPUs split into actors of at most 8 threads), where Ray is
+           installed and ``--no-ray`` is not given
+each in its own process, sides interleaved, best of ``--repeats``. All load the model outside the
+time; the bulk and ray times are the job's loop as its run record gives it (reading, embedding,
+writing and recording shards), their whole command (load and input checksum included; for ray,
+starting Ray and its actors too) is shown besides.
 
 Memory (target: flat): TXT files of ``--rss-lines`` short lines (one sentence and a number, about 20
 tokens) through ``embedrt embed TINY --input lines.txt --output DIR/`` with the tiny random Qwen3, each
@@ -25,6 +29,7 @@ Qwen3 from embedrt_export.testing), so this runs in the main environment. Writes
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -112,12 +117,13 @@ def side_library(artefact: Path, texts_file: Path) -> dict:
     return {"seconds": seconds, "rows": len(texts), "tokens": tokens}
 
 
-def side_bulk(artefact: Path, input_file: Path, out: Path) -> dict:
+def side_bulk(artefact: Path, input_file: Path, out: Path, ray: bool = False) -> dict:
     from embedrt.bulk import RECORD
     from embedrt.cli import main
 
     started = time.perf_counter()
-    code = main(["embed", str(artefact), "--input", str(input_file), "--output", f"{out}/", "--overwrite"])
+    code = main(["embed", str(artefact), "--input", str(input_file), "--output", f"{out}/", "--overwrite",
+                 *(["--ray", "local"] if ray else [])])
     wall = time.perf_counter() - started
     if code != 0:
         raise SystemExit(f"embedrt embed exited with {code}")
@@ -130,7 +136,7 @@ def side_main(args: argparse.Namespace) -> int:
     if args.side == "library":
         result = side_library(Path(args.artefact), Path(args.input))
     else:
-        result = side_bulk(Path(args.artefact), Path(args.input), Path(args.out))
+        result = side_bulk(Path(args.artefact), Path(args.input), Path(args.out), ray=args.side == "ray")
     result["peak_rss_mb"] = _status_mb("VmHWM")
     print(json.dumps(result))
     return 0
@@ -140,7 +146,7 @@ def run_side(side: str, artefact: Path, input_file: Path, out: Path | None = Non
     cmd = [sys.executable, __file__, "--side", side, "--artefact", str(artefact), "--input", str(input_file)]
     if out is not None:
         cmd += ["--out", str(out)]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "RAY_ADDRESS": ""}
     done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{side} failed (rerun: {' '.join(cmd)})")
@@ -158,16 +164,20 @@ def throughput(args: argparse.Namespace, work: Path) -> dict:
     if not texts_file.exists():
         write_passages(texts_file, args.rows)
     best: dict[str, dict] = {}
+    sides = ("library", "bulk", "ray") if args.ray else ("library", "bulk")
     for round_ in range(args.repeats):
-        for side in ("library", "bulk"):
-            r = run_side(side, artefact, texts_file, work / "out-throughput" if side == "bulk" else None)
+        for side in sides:
+            r = run_side(side, artefact, texts_file, work / f"out-{side}" if side != "library" else None)
             print(f"round {round_ + 1} {side:>8}: {r['rows_per_s']:8.0f} rows/s {r['tokens_per_s']:9.0f} tokens/s "
                   f"{r['seconds']:7.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
             if side not in best or r["seconds"] < best[side]["seconds"]:
                 best[side] = r
     overhead = best["bulk"]["seconds"] / best["library"]["seconds"] - 1
-    return {"model": args.model, "rows": args.rows, "repeats": args.repeats, "results": best,
-            "overhead": overhead}
+    report = {"model": args.model, "rows": args.rows, "repeats": args.repeats, "results": best, "overhead": overhead}
+    if "ray" in best:
+        report["ray_overhead"] = best["ray"]["seconds"] / best["bulk"]["seconds"] - 1
+        report["ray_startup_s"] = best["ray"]["command_s"] - best["bulk"]["command_s"]
+    return report
 
 
 def memory(args: argparse.Namespace, work: Path) -> dict:
@@ -210,9 +220,22 @@ def _throughput_lines(t: dict) -> list[str]:
         f"| `embedrt embed --output DIR/` ({bulk['shards']} shards) | {bulk['rows_per_s']:.0f} | "
         f"{bulk['tokens_per_s']:.0f} | {bulk['seconds']:.1f} (command: {bulk['command_s']:.1f}) | "
         f"{bulk['peak_rss_mb']:.0f} |",
+        *_ray_row(t),
         "",
         f"Streaming overhead: {100 * t['overhead']:+.1f} % (target: at most +5 %).",
+        *([f"On Ray, on this one machine: the job {100 * t['ray_overhead']:+.1f} % next to `--output DIR/` alone "
+           f"(shards handed to actors, written by them); the command {t['ray_startup_s']:+.1f} s longer (starting "
+           "Ray and its actors, each loading the model)."] if "ray" in t["results"] else []),
     ]
+
+
+def _ray_row(t: dict) -> list[str]:
+    if "ray" not in t["results"]:
+        return []
+    ray = t["results"]["ray"]
+    return [f"| `... --output DIR/ --ray local` ({ray['shards']} shards) | {ray['rows_per_s']:.0f} | "
+            f"{ray['tokens_per_s']:.0f} | {ray['seconds']:.1f} (command: {ray['command_s']:.1f}) | "
+            f"{ray['peak_rss_mb']:.0f} (driver) |"]
 
 
 def _memory_lines(m: dict) -> list[str]:
@@ -235,7 +258,9 @@ def main() -> int:
     parser.add_argument("--rss-lines", type=int, nargs="*", default=[10_000, 1_000_000])
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench-bulk")
     parser.add_argument("--docs", action="store_true", help="write the bulk section of docs/benchmarks.md")
-    parser.add_argument("--side", choices=("library", "bulk"), help=argparse.SUPPRESS)
+    parser.add_argument("--no-ray", dest="ray", action="store_false",
+                        help="leave out the --ray side (left out anyway where Ray is not installed)")
+    parser.add_argument("--side", choices=("library", "bulk", "ray"), help=argparse.SUPPRESS)
     parser.add_argument("--artefact", help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -244,6 +269,7 @@ def main() -> int:
         return side_main(args)
 
     args.work.mkdir(parents=True, exist_ok=True)
+    args.ray = args.ray and importlib.util.find_spec("ray") is not None
     report = {"date": time.strftime("%Y-%m-%d"),
               "machine": f"{cpu_name()}, {os.cpu_count()} cores visible ({platform.machine()})",
               "throughput": throughput(args, args.work) if args.rows else None,

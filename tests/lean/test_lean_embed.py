@@ -71,6 +71,20 @@ def test_bulk_without_pyarrow_says_what_to_install(artefact: Path, tmp_path: Pat
     assert not (tmp_path / "shards").exists()
 
 
+def test_ray_without_ray_says_what_to_install(artefact: Path, tmp_path: Path) -> None:
+    """No Ray here either: --ray is refused before anything, naming the extra (which brings pyarrow too); the
+    modules that drive Ray import without it."""
+    assert importlib.util.find_spec("ray") is None
+    import embedrt.bulk.ray  # noqa: F401
+
+    src = tmp_path / "in.txt"
+    src.write_text("alpha\n", encoding="utf-8")
+    result = _embed(artefact, "--input", str(src), "--output", f"{tmp_path}/shards/", "--ray")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr == "embedrt embed: error: --ray needs Ray Data: pip install 'embedrt[ray]' (missing: ray)\n"
+    assert not (tmp_path / "shards").exists()
+
+
 def _embed(artefact: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "embedrt.cli", "embed", str(artefact), *args],
                           capture_output=True, text=True, timeout=120)

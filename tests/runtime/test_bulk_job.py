@@ -16,10 +16,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from bulk_helpers import Interrupted, record_of, stop_after, table_of, write_corpus, write_jsonl
 from runtime_helpers import mixed_texts
 
 from embedrt import Embedder, InvalidInputError
-from embedrt.bulk import RECORD, BulkOptions, Columns, Record, run
+from embedrt.bulk import RECORD, BulkOptions, Columns, run
 from embedrt.cli import main
 
 TEXTS = mixed_texts(53, seed=5)
@@ -31,46 +32,24 @@ def _options(artefact: Path, inputs: list[Path | str], output: Path, **kw: objec
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
-def _record(out: Path) -> dict:
-    return json.loads((out / RECORD).read_text(encoding="utf-8"))
-
-
-def _table(out: Path) -> tuple[list, np.ndarray]:
-    table = pq.read_table(out)  # what any Parquet reader sees: hidden and _-prefixed files skipped
-    return table.column("id").to_pylist(), np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)
-
-
-def _write_jsonl(path: Path, texts: list[str], ids: list | None = None) -> Path:
-    rows = [{"text": t} if ids is None else {"text": t, "doc": i} for t, i in zip(texts, ids or texts, strict=True)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
 @pytest.fixture()
 def corpus(tmp_path: Path) -> list[Path]:
     """The 53 texts over four inputs of every format: 20 JSONL, 13 CSV, 10 Parquet, 10 TXT."""
-    a = _write_jsonl(tmp_path / "in" / "a.jsonl" if (tmp_path / "in").mkdir() is None else tmp_path, TEXTS[:20])
-    b = tmp_path / "in" / "b.csv"
-    b.write_text("n,text\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(TEXTS[20:33])), encoding="utf-8")
-    c = tmp_path / "in" / "c.parquet"
-    pq.write_table(pa.table({"text": TEXTS[33:43]}), c, row_group_size=4)
-    d = tmp_path / "in" / "d.txt"
-    d.write_text("\r\n".join(TEXTS[43:]) + "\r\n", encoding="utf-8")
-    return [a, b, c, d]
+    return write_corpus(tmp_path / "in", TEXTS)
 
 
 def test_shards_of_every_format_equal_embed(qwen3_artefact: Path, qwen3: Embedder, corpus: list[Path],
                                             tmp_path: Path) -> None:
     out = tmp_path / "out"
     record = run(_options(qwen3_artefact, [tmp_path / "in" / "*.jsonl", *corpus[1:]], out))
-    ids, vectors = _table(out)
+    ids, vectors = table_of(out)
     assert ids == list(range(53))  # without --id-column: the row's index across all inputs
     np.testing.assert_allclose(vectors, qwen3.embed_documents(TEXTS), atol=2e-6)
     assert sorted(p.name for p in out.iterdir()) == [RECORD, *(f"part-{i:06d}.parquet" for i in range(6))]
     schema = pq.read_schema(out / "part-000000.parquet")
     assert str(schema.field("id").type) == "int64"
     assert str(schema.field("embedding").type) == "fixed_size_list<element: float>[64]"
-    doc = _record(out)
+    doc = record_of(out)
     assert doc["complete"] and doc["rows"] == 53 and doc["finished"] and doc["seconds"] > 0
     assert doc["tokens"] == record.tokens == sum(e.length for e in qwen3.prepare(TEXTS))
     assert [s["rows"] for s in doc["shards"]] == [[i, min(i + 10, 53)] for i in range(0, 53, 10)]
@@ -88,13 +67,13 @@ def test_ids_carried_and_queries(qwen3_artefact: Path, qwen3: Embedder, tmp_path
     out = tmp_path / "out"
     run(_options(qwen3_artefact, [src], out, columns=Columns("body", "key"), prompt="query",
                  instruction="Find papers", dimensions=32))
-    ids, vectors = _table(out)
+    ids, vectors = table_of(out)
     assert ids == list(range(1000, 1025))
     np.testing.assert_allclose(vectors, qwen3.embed_queries(TEXTS[:25], instruction="Find papers", dimensions=32),
                                atol=2e-6)
-    jsonl = _write_jsonl(tmp_path / "in.jsonl", TEXTS[:5], [f"doc-{i}" for i in range(5)])
+    jsonl = write_jsonl(tmp_path / "in.jsonl", TEXTS[:5], [f"doc-{i}" for i in range(5)])
     run(_options(qwen3_artefact, [jsonl], tmp_path / "out2", columns=Columns("text", "doc"), prompt="query"))
-    ids, vectors = _table(tmp_path / "out2")
+    ids, vectors = table_of(tmp_path / "out2")
     assert ids == [f"doc-{i}" for i in range(5)]
     np.testing.assert_allclose(vectors, qwen3.embed_queries(TEXTS[:5]), atol=2e-6)
 
@@ -107,23 +86,11 @@ def test_command_line_and_standard_input(qwen3_artefact: Path, qwen3: Embedder, 
     assert main(["embed", str(qwen3_artefact), "--input", "-", "--output", f"{out}/", "--shard-size", "5",
                  "--dimensions", "48"]) == 0
     assert f"wrote 12 x 48 embeddings in 3 shards to {out}/" in capsys.readouterr().err
-    ids, vectors = _table(out)
+    ids, vectors = table_of(out)
     assert ids == list(range(12))
     np.testing.assert_allclose(vectors, qwen3.embed_documents(TEXTS[:12], dimensions=48), atol=2e-6)
-    [entry] = _record(out)["inputs"]
+    [entry] = record_of(out)["inputs"]
     assert entry["path"] == "-" and entry["size"] == len(data) and len(entry["sha256"]) == 64
-
-
-class Interrupted(Exception):
-    pass
-
-
-def _stop_after(shards: int):  # type: ignore[no-untyped-def]
-    def hook(record: Record) -> None:
-        if len(record.shards) == shards:
-            raise Interrupted
-
-    return hook
 
 
 def test_resume_after_an_interruption_equals_an_uninterrupted_run(qwen3_artefact: Path, corpus: list[Path],
@@ -132,8 +99,8 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(qwen3_artefact
     run(_options(qwen3_artefact, corpus, whole))
     out = tmp_path / "out"
     with pytest.raises(Interrupted):
-        run(_options(qwen3_artefact, corpus, out), after_shard=_stop_after(2))
-    doc = _record(out)
+        run(_options(qwen3_artefact, corpus, out), after_shard=stop_after(2))
+    doc = record_of(out)
     assert not doc["complete"] and doc["finished"] is None and len(doc["shards"]) == 2  # nothing looks complete
     assert sorted(p.name for p in out.iterdir()) == [RECORD, "part-000000.parquet", "part-000001.parquet"]
     before = [(out / f"part-00000{i}.parquet").stat().st_mtime_ns for i in range(2)]
@@ -141,13 +108,15 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(qwen3_artefact
     run(_options(qwen3_artefact, corpus, out), log=messages.append)
     assert messages == ["resuming: 2 shards (20 rows) already done"]
     assert [(out / f"part-00000{i}.parquet").stat().st_mtime_ns for i in range(2)] == before  # not redone
-    ids, vectors = _table(out)
-    want_ids, want = _table(whole)
+    ids, vectors = table_of(out)
+    want_ids, want = table_of(whole)
     assert ids == want_ids == list(range(53))
     np.testing.assert_allclose(vectors, want, atol=2e-6)
-    doc, full = _record(out), _record(whole)
+    doc, full = record_of(out), record_of(whole)
     assert doc["complete"] and doc["rows"] == 53 and doc["tokens"] == full["tokens"]
     assert [s["texts_sha256"] for s in doc["shards"]] == [s["texts_sha256"] for s in full["shards"]]
+    # Windows start at each shard, so a resumed run embeds a shard as an uninterrupted one does: the same bytes.
+    assert [s["sha256"] for s in doc["shards"]] == [s["sha256"] for s in full["shards"]]
     messages.clear()
     run(_options(qwen3_artefact, corpus, out), log=messages.append)  # complete: nothing to do
     assert messages == [f"{out} already holds this run, complete (53 rows); nothing to do"]
@@ -156,15 +125,15 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(qwen3_artefact
 def test_a_damaged_shard_is_redone(qwen3_artefact: Path, corpus: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "out"
     run(_options(qwen3_artefact, corpus, out))
-    want = _table(out)
+    want = table_of(out)
     (out / "part-000003.parquet").write_bytes(b"garbage")
     (out / "part-000005.parquet").unlink()
     messages: list[str] = []
     run(_options(qwen3_artefact, corpus, out), log=messages.append)
     assert messages[0].startswith("part-000003.parquet has 7 bytes, not the ")
     assert messages[0].endswith("recorded: redoing the run from it")
-    assert _table(out)[0] == want[0] and _record(out)["complete"]
-    np.testing.assert_allclose(_table(out)[1], want[1], atol=2e-6)
+    assert table_of(out)[0] == want[0] and record_of(out)["complete"]
+    np.testing.assert_allclose(table_of(out)[1], want[1], atol=2e-6)
 
 
 def test_resume_from_standard_input_checks_the_rows_again(qwen3_artefact: Path, tmp_path: Path,
@@ -175,21 +144,21 @@ def test_resume_from_standard_input_checks_the_rows_again(qwen3_artefact: Path, 
     out = tmp_path / "out"
     stdin(TEXTS[:30])
     with pytest.raises(Interrupted):
-        run(_options(qwen3_artefact, ["-"], out), after_shard=_stop_after(1))
+        run(_options(qwen3_artefact, ["-"], out), after_shard=stop_after(1))
     stdin(["another text", *TEXTS[1:30]])
     with pytest.raises(InvalidInputError, match=r"input rows 0 to 9 are not those part-000000\.parquet was "
                                                 r"made from: the input changed since; pass --overwrite"):
         run(_options(qwen3_artefact, ["-"], out))
     stdin(TEXTS[:30])
     run(_options(qwen3_artefact, ["-"], out))
-    assert _table(out)[0] == list(range(30)) and _record(out)["complete"]
+    assert table_of(out)[0] == list(range(30)) and record_of(out)["complete"]
 
 
 def test_other_arguments_are_refused_and_overwrite_starts_over(qwen3_artefact: Path, corpus: list[Path],
                                                                tmp_path: Path) -> None:
     out = tmp_path / "out"
     with pytest.raises(Interrupted):
-        run(_options(qwen3_artefact, corpus, out), after_shard=_stop_after(1))
+        run(_options(qwen3_artefact, corpus, out), after_shard=stop_after(1))
     for change, says in ((dict(dimensions=32), "--dimensions: (none) -> 32"),
                          (dict(prompt="query"), "--query / --instruction (prompt): 'document' -> 'query'"),
                          (dict(precision="fp16"), "--precision: 'auto' -> 'fp16'"),
@@ -202,13 +171,13 @@ def test_other_arguments_are_refused_and_overwrite_starts_over(qwen3_artefact: P
     corpus[3].write_text("changed\n", encoding="utf-8")
     with pytest.raises(InvalidInputError, match=r"input .*d.txt changed"):
         run(_options(qwen3_artefact, corpus, out))
-    assert len(_record(out)["shards"]) == 1  # refusals leave the run as it was
+    assert len(record_of(out)["shards"]) == 1  # refusals leave the run as it was
     (out / ".DS_Store").write_text("a hidden file is no one's business")
     run(_options(qwen3_artefact, corpus, out, dimensions=32, overwrite=True))
     assert (out / ".DS_Store").exists()  # --overwrite removes the run's files only
-    doc = _record(out)
+    doc = record_of(out)
     assert doc["complete"] and doc["rows"] == 44 and doc["settings"]["dimensions"] == 32
-    assert _table(out)[1].shape == (44, 32)
+    assert table_of(out)[1].shape == (44, 32)
 
 
 def test_bad_rows_fail_with_file_and_line_or_are_skipped_and_listed(qwen3_artefact: Path, tmp_path: Path,
@@ -224,21 +193,21 @@ def test_bad_rows_fail_with_file_and_line_or_are_skipped_and_listed(qwen3_artefa
     assert main(args) == 2
     err = capsys.readouterr().err
     assert f'embedrt embed: error: {src}:15 needs a "text" field holding a string; pass --on-error skip' in err
-    assert len(_record(out)["shards"]) == 1 and not _record(out)["complete"]  # the first shard is kept
+    assert len(record_of(out)["shards"]) == 1 and not record_of(out)["complete"]  # the first shard is kept
     assert main([*args, "--on-error", "skip"]) == 0  # resumes, skipping
     assert "; skipped 3 rows (listed in the run record)" in capsys.readouterr().err
-    doc = _record(out)
+    doc = record_of(out)
     assert doc["skipped"] == 3 and doc["rows"] == 27
     assert doc["skipped_rows"] == [
         {"index": 14, "input": str(src), "line": 15, "reason": 'needs a "text" field holding a string'},
         {"index": 22, "input": str(src), "line": 23, "reason": 'has a null "text"'},
         {"index": 25, "input": str(src), "line": 26,
          "reason": "is not UTF-8 text (byte 0xe9); convert the file to UTF-8"}]
-    assert _table(out)[0] == [i for i in range(30) if i not in (14, 22, 25)]  # ids keep the row's place
+    assert table_of(out)[0] == [i for i in range(30) if i not in (14, 22, 25)]  # ids keep the row's place
 
 
 def test_ids_of_another_kind_are_bad_rows(qwen3_artefact: Path, tmp_path: Path) -> None:
-    src = _write_jsonl(tmp_path / "in.jsonl", TEXTS[:4], [1, 2, "three", 4])
+    src = write_jsonl(tmp_path / "in.jsonl", TEXTS[:4], [1, 2, "three", 4])
     with pytest.raises(InvalidInputError, match=r"in.jsonl:3 has id 'three', a string, where the earlier ids are "
                                                 r"int64s"):
         run(_options(qwen3_artefact, [src], tmp_path / "out", columns=Columns("text", "doc")))
@@ -296,14 +265,14 @@ def test_a_killed_run_resumes_to_the_same_result(qwen3_artefact: Path, tmp_path:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            if len(_record(out)["shards"]) >= 2:
+            if len(record_of(out)["shards"]) >= 2:
                 break
         except (OSError, ValueError):
             pass
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
-    doc = _record(out)
+    doc = record_of(out)
     assert not doc["complete"], "the run finished before it could be killed; make the input longer"
     names = os.listdir(out)
     assert all(n == RECORD or n.startswith("part-") for n in names if not n.startswith("."))
@@ -311,7 +280,7 @@ def test_a_killed_run_resumes_to_the_same_result(qwen3_artefact: Path, tmp_path:
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "resuming: " in result.stderr
-    ids, vectors = _table(out)
+    ids, vectors = table_of(out)
     assert ids == list(range(2000)) and vectors.shape == (2000, 64)
     with Embedder.load(qwen3_artefact, "onnxruntime", precision="fp32") as embedder:
         np.testing.assert_allclose(vectors[::97], embedder.embed_documents(src.read_text().splitlines()[::97]),

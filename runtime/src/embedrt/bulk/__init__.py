@@ -1,4 +1,5 @@
-"""Corpus-scale embedding on one machine: files or standard input in, Parquet shards and a run record out.
+"""Corpus-scale embedding: files or standard input in, Parquet shards and a run record out, on one machine
+or, with ``BulkOptions.ray``, on a Ray cluster (``embedrt.bulk.ray``, which also has ``embed_dataset``).
 
 ``embedrt embed ART --input FILES... --output DIR/`` runs ``job.run``; see docs/bulk.md. Reading JSONL,
 CSV and TXT needs nothing beyond the runtime; Parquet (read or written) needs pyarrow, the ``bulk``
@@ -6,13 +7,14 @@ extra (``pip install 'embedrt[bulk]'``), imported only where it is used (``arrow
 
 Modules: ``inputs`` (files, globs, formats, fingerprints), ``readers`` (rows, with the place and reason
 of each bad one), ``shards`` (Parquet files written atomically), ``record`` (the run record and the
-output directory: refuse, resume, overwrite), ``progress``, and ``job`` (the streaming loop).
+output directory: refuse, resume, overwrite), ``shardbook`` (rows cut into shards and recorded, whoever
+embeds them), ``progress``, ``job`` (preparing a job, and the loop in this process) and ``ray`` (Ray).
 """
 
 from __future__ import annotations
 
-from .job import SHARD_SIZE, BulkOptions, run
+from .job import SHARD_SIZE, BulkOptions, RayOptions, run
 from .readers import Columns
 from .record import RECORD, Record
 
-__all__ = ["RECORD", "SHARD_SIZE", "BulkOptions", "Columns", "Record", "run"]
+__all__ = ["RECORD", "SHARD_SIZE", "BulkOptions", "Columns", "RayOptions", "Record", "run"]

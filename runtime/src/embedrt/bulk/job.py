@@ -1,10 +1,15 @@
-"""One corpus job on one machine: inputs streamed through ``Embedder`` into Parquet shards, resumable.
+"""One corpus job: inputs streamed through ``Embedder`` into Parquet shards, resumable, in this process or
+on a Ray cluster (``BulkOptions.ray``; ``ray/driver.py``).
 
 Order of work: the output directory is created, probed and locked, the inputs resolved and
 fingerprinted, their columns checked, the options checked against the artefact's manifest, and a
 recorded earlier run compared and verified — all before the model loads, so that a mistake costs
-nothing. Then rows stream from the readers through ``embed_blocks`` (one window of texts at a time)
-into the current shard, which is written atomically once full and recorded.
+nothing. Then rows stream from the readers (``ShardBook``) through ``embed_blocks`` (one window of
+texts at a time) into the current shard, which is written atomically once full and recorded.
+
+Windows start again at each shard (a shard of 10,000 rows is embedded as windows of 4,096, 4,096 and
+1,808 texts), so that a shard's vectors depend on its own rows only: a resumed run, or a Ray worker
+given the shard, embeds them exactly as an uninterrupted run in one process does.
 
 Memory: one window of texts (``WINDOW``: 4,096) with their token ids, and one shard of vectors and
 ids (``shard_size`` x dimensions x 4 bytes: 10,000 x 1,024 is 41 MB), plus the model; whatever the
@@ -17,11 +22,11 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -30,16 +35,29 @@ from ..embedder import Embedder
 from ..errors import InvalidInputError
 from ..manifest import Manifest, load_manifest
 from ..pooling import check_dimensions
-from ..streaming import WINDOW, Block, embed_blocks
+from ..streaming import WINDOW, embed_blocks
 from . import readers
 from .arrow import pyarrow
-from .inputs import STDIN, Input, expected_rows, fingerprint, resolve
+from .inputs import expected_rows, fingerprint, resolve
 from .progress import Progress
-from .readers import Columns, Problem, Row
-from .record import SKIPPED_LISTED, Output, Record, differences, model_differences
-from .shards import shard_name, write_shard
+from .readers import Columns
+from .record import Output, Record, differences, model_differences
+from .shardbook import Pending, ShardBook, describe
+from .shards import write_shard
 
 SHARD_SIZE = 10_000  # rows per shard: a few seconds to minutes of work, the most an interruption loses
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how a job runs on Ray (``embedrt embed ... --ray [ADDRESS]``; docs/bulk.md)."""
+
+    # ray.init's address: None finds a cluster (RAY_ADDRESS, then the one started last on this machine) or
+    # starts a local one; "auto" only connects; "HOST:6379" or "ray://HOST:10001" a given cluster.
+    address: str | None = None
+    actors: int | None = None  # None: one per GPU of the cluster, or its CPUs over cpus_per_actor
+    gpus_per_actor: float | None = None  # None: 1 where the cluster has GPUs, else 0 (CPU actors)
+    cpus_per_actor: int | None = None  # None: 1 with a GPU, else a node's CPUs split evenly, <= 8; also ORT threads
 
 
 @dataclass(frozen=True)
@@ -62,6 +80,7 @@ class BulkOptions:
     overwrite: bool = False
     window: int = WINDOW
     progress: bool = True
+    ray: RayOptions | None = None  # None: in this process
 
 
 def run(options: BulkOptions, *, log: Callable[[str], None] | None = None,
@@ -72,6 +91,10 @@ def run(options: BulkOptions, *, log: Callable[[str], None] | None = None,
         raise InvalidInputError(f"--shard-size must be at least 1, not {options.shard_size}")
     if options.on_error not in ("fail", "skip"):
         raise InvalidInputError(f"--on-error must be fail or skip, not {options.on_error!r}")
+    if options.ray is not None:
+        from .ray.cluster import import_ray
+
+        import_ray()  # without the ray extra (which brings pyarrow too), say so before anything
     pyarrow("writing Parquet shards")  # an environment without the bulk extra is told so before anything
     found = resolve(options.inputs, options.input_format)
     if not found:
@@ -96,7 +119,7 @@ def _run(options: BulkOptions, found: list[tuple[str, str]], output: Output, say
     for source in inputs:
         readers.check(source, options.columns)
     manifest = load_manifest(options.artefact)
-    _check_options(options, manifest)
+    check_prompt(manifest, options.prompt, options.instruction, options.dimensions)
     settings = _settings(options, manifest)
     record = Record(settings, inputs)
     if previous is not None:
@@ -113,28 +136,42 @@ def _run(options: BulkOptions, found: list[tuple[str, str]], output: Output, say
             say(f"resuming: {len(record.shards)} shards ({record.rows:,} rows) already done")
         record.inputs = inputs  # the same, and mtimes as they are now
     output.remove_temporaries()
+    book = ShardBook(record, output, options.columns, options.on_error, after_shard)
+    if options.ray is not None:
+        from .ray.driver import run_on_ray  # imports Ray, which only a --ray job needs
+
+        run_on_ray(options, book, say)
+        return record
     with Embedder.load(options.artefact, options.backend, precision=options.precision,
                        backend_config=BackendConfig(attention=options.attention)) as embedder:
-        model = _model(embedder, options)
-        changed = model_differences(record, model)
-        if changed:
-            raise InvalidInputError(f"the finished shards in {output.path} were made by the model running "
-                                    f"otherwise ({'; '.join(changed)}); pass --backend / --precision / --attention "
-                                    "to match, or --overwrite to start over")
-        if options.overwrite:
-            output.clear()
-        record.model = model
-        output.save(record)  # from here the directory is this run's
-        _Job(embedder, options, record, output, after_shard).run()
+        begin(options, book, describe(embedder, options.dimensions))
+        _LocalJob(embedder, options, book).run()
     return record
 
 
-def _check_options(options: BulkOptions, manifest: Manifest) -> None:
+def begin(options: BulkOptions, book: ShardBook, model: dict[str, Any]) -> None:
+    """Once the model is loaded (``model``: ``shardbook.describe``): refuse finished shards it did not make,
+    clear an earlier run under ``--overwrite``, and take the directory (the record says so from here)."""
+    changed = model_differences(book.record, model)
+    if changed:
+        raise InvalidInputError(f"the finished shards in {book.output.path} were made by the model running "
+                                f"otherwise ({'; '.join(changed)}); pass --backend / --precision / --attention "
+                                "to match, or --overwrite to start over")
+    if options.overwrite:
+        book.output.clear()
+    book.record.model = model
+    book.output.save(book.record)
+    book.started = time.monotonic()  # the record's seconds count the work, not loading the model
+
+
+def check_prompt(manifest: Manifest, prompt: str, instruction: str | None, dimensions: int | None) -> None:
     """The model-dependent options, refused before the model loads."""
-    check_dimensions(options.dimensions, manifest.dimensions_range)
-    if options.prompt == "query":
-        manifest.prompts.check_instruction(options.instruction)
-    elif options.instruction is not None:
+    check_dimensions(dimensions, manifest.dimensions_range)
+    if prompt == "query":
+        manifest.prompts.check_instruction(instruction)
+    elif prompt != "document":
+        raise InvalidInputError(f"prompt must be 'document' or 'query', not {prompt!r}")
+    elif instruction is not None:
         raise InvalidInputError("an instruction formats queries: pass --query with it, or leave it out")
 
 
@@ -147,194 +184,55 @@ def _settings(options: BulkOptions, manifest: Manifest) -> dict[str, Any]:
             "text_column": options.columns.text, "id_column": options.columns.id, "shard_size": options.shard_size}
 
 
-def _model(embedder: Embedder, options: BulkOptions) -> dict[str, Any]:
-    info = embedder.info()
-    backend = info.backend
-    return {"name": info.name, "backend": backend.backend, "precision": backend.precision,
-            "attention": backend.attention, "device": backend.device, "graph": backend.graph,
-            "dimensions": options.dimensions or info.dimensions}
+class _LocalJob:
+    """The loop in this process: each shard's texts through ``embed_blocks``, its vectors into a Parquet shard."""
 
-
-class _Pending(NamedTuple):
-    row: int  # its index across all inputs
-    id: Any
-    digest: bytes  # of its id and text: a resumed run checks the rows it reads again against these
-
-
-def _digest(id_: Any, text: str) -> bytes:
-    return hashlib.blake2b(f"{id_!r}\x1f{text}".encode(), digest_size=16).digest()
-
-
-class _Job:
-    """The streaming loop: rows -> texts -> blocks -> shards, with the record kept up to date."""
-
-    def __init__(self, embedder: Embedder, options: BulkOptions, record: Record, output: Output,
-                 after_shard: Callable[[Record], None] | None) -> None:
-        self.embedder, self.options, self.record, self.output = embedder, options, record, output
-        self.after_shard = after_shard
-        self.pending: deque[_Pending] = deque()  # rows whose texts went to the embedder, not yet in a shard
-        self.skipped: list[tuple[int, Problem]] = []  # skipped rows not yet in the record
-        self.read = 0  # rows read so far
-        self.tallies: dict[int, readers.Tally] = {}
-        self.resume = record.inputs_done
-        self.check = _Finished(list(record.shards))  # those finished before this run
-        self.failure: InvalidInputError | None = None  # a bad row under --on-error fail, raised once the rows
-        # before it are written
-        self.rows: list[_Pending] = []  # the current shard's rows
-        self.vectors: np.ndarray | None = None
-        self.tokens = 0
-        self.started = time.monotonic()
-        self.seconds_before = record.seconds
+    def __init__(self, embedder: Embedder, options: BulkOptions, book: ShardBook) -> None:
+        self.embedder, self.options, self.book = embedder, options, book
+        self.vectors: np.ndarray | None = None  # the current shard's, allocated once
+        self.done = book.resume  # input rows behind the progress bar
 
     def run(self) -> None:
-        opts = self.options
-        blocks = embed_blocks(self.embedder, self._texts(), prompt=opts.prompt, instruction=opts.instruction,
-                              dimensions=opts.dimensions, window=opts.window)
-        progress = Progress(expected_rows(self.record.inputs), self.resume, opts.progress)
+        book, size = self.book, self.options.shard_size
+        texts = book.texts()
+        progress = Progress(expected_rows(book.record.inputs), book.resume, self.options.progress)
         try:
-            done = self.resume
-            for block in blocks:
-                last = self._take(block, progress)
-                progress.update(last + 1 - done, block.tokens)
-                done = last + 1
-            if self.failure is not None:
-                raise self.failure
-            progress.update(self.read - done, 0)  # skipped rows after the last embedded one
-            if self.rows or self.read > self.record.inputs_done:
-                self._write(self.read, progress)  # the last shard (it may be short); trailing skipped rows
+            while True:
+                rows, tokens = self._embed(islice(texts, size), progress)
+                if len(rows) < size:  # the last shard, or the rows before a bad one under --on-error fail
+                    break
+                self._write(rows, tokens, rows[-1].row + 1, progress)
+            if book.failure is not None:
+                raise book.failure  # the full shards before it are written: a resumed run starts after them
+            progress.update(book.read - self.done, 0)  # skipped rows after the last embedded one
+            if rows:
+                self._write(rows, tokens, book.read, progress)  # it also covers trailing skipped rows
         finally:
             progress.close()
-        for n, tally in self.tallies.items():  # standard input, now that it has been read whole
-            self.record.inputs[n] = Input(STDIN, self.record.inputs[n].format, tally.size, None,
-                                          tally.digest.hexdigest())
-        self.record.complete, self.record.finished = True, _now()
-        self._save()
+        book.finish()
 
-    def _rows(self) -> Iterator[tuple[int, Input, Row]]:
-        index = 0
-        for n, source in enumerate(self.record.inputs):
-            tally = self.tallies.setdefault(n, readers.Tally()) if source.path == STDIN else None
-            for row in readers.read(source, self.options.columns, tally):
-                yield index, source, row
-                index += 1
-
-    def _texts(self) -> Iterator[str]:
-        """The texts to embed, from the first row after the finished shards; each one's id goes to ``pending``."""
-        fail = self.options.on_error == "fail"
-        for index, source, row in self._rows():
-            self.read = index + 1
-            id_, problem = self._accept(index, source, row)
-            if index < self.resume:  # in a finished shard: check it, do not embed it again
-                self.check.add(index, None if problem else _digest(id_, row.text))
-                continue
-            self.check.done()
-            if problem is not None:
-                if fail:  # stop reading; the rows before it still go into full shards
-                    self.failure = InvalidInputError(f"{problem}; pass --on-error skip to skip such rows (the run "
-                                                     "record lists them)")
-                    return
-                self.skipped.append((index, problem))
-                continue
-            self.pending.append(_Pending(index, id_, _digest(id_, row.text)))
-            yield row.text
-        self.check.done()
-
-    def _accept(self, index: int, source: Input, row: Row) -> tuple[Any, Problem | None]:
-        """The row's id, or why it cannot be embedded: the reader's problem, or an id of another kind
-        than the earlier ones (the id column has one type)."""
-        if row.problem is not None:
-            return None, row.problem
-        if self.options.columns.id is None:
-            return index, None
-        kind = "string" if isinstance(row.id, str) else "int64"
-        if self.record.id_type is None:
-            self.record.id_type = kind
-        elif kind != self.record.id_type:
-            return None, readers.problem_at(source, row.at, f"has id {row.id!r}, a {kind}, where the earlier ids "
-                                                            f"are {self.record.id_type}s; ids must be of one kind")
-        return row.id, None
-
-    def _take(self, block: Block, progress: Progress) -> int:
-        """Put a block's vectors into shards (writing each as it fills); the last input index taken."""
-        size = self.options.shard_size
-        offset, last = 0, -1
-        while offset < len(block.vectors):
+    def _embed(self, texts: Iterator[str], progress: Progress) -> tuple[list[Pending], int]:
+        """One shard's texts, window by window, into ``self.vectors``: its rows and tokens."""
+        opts, tokens = self.options, 0
+        rows: list[Pending] = []
+        for block in embed_blocks(self.embedder, texts, prompt=opts.prompt, instruction=opts.instruction,
+                                  dimensions=opts.dimensions, window=opts.window):
             if self.vectors is None:
-                self.vectors = np.empty((size, block.vectors.shape[1]), dtype=np.float32)
-            filled = len(self.rows)
-            count = min(len(block.vectors) - offset, size - filled)
-            self.rows += [self.pending.popleft() for _ in range(count)]
-            self.vectors[filled:filled + count] = block.vectors[offset:offset + count]
-            self.tokens += int(block.lengths[offset:offset + count].sum())
-            offset += count
-            last = self.rows[-1].row
-            if len(self.rows) == size:
-                self._write(last + 1, progress)
-        return last
+                self.vectors = np.empty((opts.shard_size, block.vectors.shape[1]), dtype=np.float32)
+            self.vectors[len(rows):len(rows) + len(block.vectors)] = block.vectors
+            rows += self.book.take(len(block.vectors))
+            tokens += block.tokens
+            progress.update(rows[-1].row + 1 - self.done, block.tokens)
+            self.done = rows[-1].row + 1
+        return rows, tokens
 
-    def _write(self, end: int, progress: Progress) -> None:
-        """Write the current shard, covering input rows up to ``end`` (exclusive), and record it."""
-        record, rows = self.record, len(self.rows)
-        start = record.rows
-        name = shard_name(len(record.shards))
-        skipped = [(i, p) for i, p in self.skipped if i < end]
-        self.skipped = self.skipped[len(skipped):]
-        if rows:
-            assert self.vectors is not None
-            written = write_shard(self.output.path / name, [p.id for p in self.rows], record.id_type or "int64",
-                                  self.vectors[:rows])
-            digest = hashlib.sha256(b"".join(p.digest for p in self.rows)).hexdigest()
-            record.shards.append({"file": name, "rows": [start, start + rows], "inputs": [record.inputs_done, end],
-                                  **written, "tokens": self.tokens, "skipped": len(skipped), "texts_sha256": digest})
-            record.tokens += self.tokens
-        elif record.shards:  # only skipped rows after the last shard (at the end): it covers them
-            record.shards[-1]["inputs"][1] = end
-            record.shards[-1]["skipped"] += len(skipped)
-        record.skipped += len(skipped)
-        room = max(0, SKIPPED_LISTED - len(record.skipped_rows))
-        record.skipped_rows += [{"index": i, **p.to_dict()} for i, p in skipped[:room]]
-        self.rows, self.tokens = [], 0
-        self._save()  # without a shard (every row skipped) these skipped rows count once complete: see truncate
-        if rows:
-            progress.shard_written(name)
-            if self.after_shard is not None:
-                self.after_shard(record)
-
-    def _save(self) -> None:
-        self.record.seconds = self.seconds_before + time.monotonic() - self.started
-        self.output.save(self.record)
+    def _write(self, rows: list[Pending], tokens: int, end: int, progress: Progress) -> None:
+        name = self.book.next_name
+        assert self.vectors is not None
+        written = write_shard(self.book.output.path / name, [p.id for p in rows], self.book.record.id_type or "int64",
+                              self.vectors[:len(rows)])
+        self.book.enter(rows, end, tokens, written)
+        progress.shard_written(name)
 
 
-class _Finished:
-    """Checks that the rows read again for the finished shards are those the shards were made from."""
-
-    def __init__(self, shards: list[dict[str, Any]]) -> None:
-        self.shards = shards
-        self.n = 0
-        self.digest = hashlib.sha256()  # of the row digests, as _Job._write computes it
-
-    def add(self, index: int, digest: bytes | None) -> None:
-        while index >= self.shards[self.n]["inputs"][1]:
-            self._close()
-        if digest is not None:
-            self.digest.update(digest)
-
-    def done(self) -> None:
-        while self.n < len(self.shards):
-            self._close()
-
-    def _close(self) -> None:
-        entry = self.shards[self.n]
-        if self.digest.hexdigest() != entry["texts_sha256"]:
-            first, end = entry["inputs"]
-            raise InvalidInputError(f"input rows {first} to {end - 1} are not those {entry['file']} was made from: "
-                                    "the input changed since; pass --overwrite to start over")
-        self.n += 1
-        self.digest = hashlib.sha256()
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-__all__ = ["SHARD_SIZE", "BulkOptions", "run"]
+__all__ = ["SHARD_SIZE", "BulkOptions", "RayOptions", "begin", "check_prompt", "run"]

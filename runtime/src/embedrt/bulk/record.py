@@ -44,7 +44,7 @@ class Record:
     skipped_rows: list[dict[str, Any]] = field(default_factory=list)
     tokens: int = 0
     seconds: float = 0.0
-    started: str = field(default_factory=lambda: _now())
+    started: str = field(default_factory=lambda: now())
     finished: str | None = None
     complete: bool = False
 
@@ -73,7 +73,7 @@ class Record:
                    model=data.get("model") or {}, id_type=data.get("id_type"), shards=list(data["shards"]),
                    skipped=int(data.get("skipped", 0)), skipped_rows=list(data.get("skipped_rows", [])),
                    tokens=int(data.get("tokens", 0)), seconds=float(data.get("seconds", 0.0)),
-                   started=str(data.get("started", _now())), finished=data.get("finished"),
+                   started=str(data.get("started", now())), finished=data.get("finished"),
                    complete=bool(data.get("complete")))
 
     def truncate(self, keep: int) -> None:
@@ -96,11 +96,11 @@ def differences(previous: Record, settings: dict[str, Any], inputs: list[Input])
     """What differs between the run recorded and this one, each as "name: recorded -> now"."""
     found = [f"{FLAGS.get(key, '--' + key)}: {_shown(previous.settings.get(key))} -> {_shown(value)}"
              for key, value in settings.items() if previous.settings.get(key) != value]
-    before, now = [i.identity for i in previous.inputs], [i.identity for i in inputs]
-    if [i[:2] for i in before] != [i[:2] for i in now]:
+    before, current = [i.identity for i in previous.inputs], [i.identity for i in inputs]
+    if [i[:2] for i in before] != [i[:2] for i in current]:
         found.append(f"inputs: {[i.path for i in previous.inputs]} -> {[i.path for i in inputs]}")
     else:
-        found += [f"input {a[0]} changed (size {a[2]} -> {b[2]}, or its sha256)" for a, b in zip(before, now,
+        found += [f"input {a[0]} changed (size {a[2]} -> {b[2]}, or its sha256)" for a, b in zip(before, current,
                                                                                              strict=True) if a != b]
     return found
 
@@ -214,8 +214,8 @@ def _ours(name: str) -> bool:
     return name == RECORD or is_shard_name(name) or (name.startswith(".") and ".tmp-" in name)
 
 
-def _now() -> str:
+def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-__all__ = ["FORMAT", "RECORD", "Output", "Record", "differences", "model_differences"]
+__all__ = ["FORMAT", "RECORD", "Output", "Record", "differences", "model_differences", "now"]

@@ -36,15 +36,20 @@ def is_shard_name(name: str) -> bool:
 def write_shard(path: Path, ids: Sequence[Any], id_type: str, vectors: np.ndarray) -> dict[str, Any]:
     """Write ``ids`` and ``vectors`` (float32 ``[n, d]``) to ``path`` atomically; its size and sha256."""
     pa, pq = pyarrow("writing Parquet shards")
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    flat = _from_numpy(pa, pa.float32(), vectors.reshape(-1))
     column = _from_numpy(pa, pa.int64(), np.asarray(ids, dtype=np.int64)) if id_type == "int64" else _strings(pa, ids)
-    table = pa.table({"id": column, "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])})
+    table = pa.table({"id": column, "embedding": embedding_array(vectors)})
     with atomic_file(path) as tmp:
         # Floats neither dictionary-encode nor compress usefully; statistics only for the ids.
         pq.write_table(table, tmp, row_group_size=max(1, len(vectors)), use_dictionary=False,
                        write_statistics=["id"])
     return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def embedding_array(vectors: np.ndarray) -> Any:
+    """float32 ``[n, d]`` as the shards' ``embedding`` column: a fixed-size list of float32, d per row."""
+    pa, _ = pyarrow("writing Parquet shards")
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(_from_numpy(pa, pa.float32(), vectors.reshape(-1)), vectors.shape[1])
 
 
 # Arrays are built from buffers: pa.array() on a list or a NumPy array imports pandas where it is
@@ -83,4 +88,4 @@ def shard_problem(path: Path, entry: dict[str, Any]) -> str | None:
     return None
 
 
-__all__ = ["ID_TYPES", "file_sha256", "is_shard_name", "shard_name", "shard_problem", "write_shard"]
+__all__ = ["ID_TYPES", "embedding_array", "file_sha256", "is_shard_name", "shard_name", "shard_problem", "write_shard"]

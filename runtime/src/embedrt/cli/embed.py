@@ -117,8 +117,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.output and _is_directory(args.output):
         return _run_corpus(args)
     corpus_only = [flag for flag, value in (("--id-column", args.id_column), ("--shard-size", args.shard_size),
-                                            ("--on-error", args.on_error), ("--overwrite", args.overwrite or None))
-                   if value is not None]
+                                            ("--on-error", args.on_error), ("--overwrite", args.overwrite or None),
+                                            ("--ray", args.ray), *_ray_flags(args)) if value is not None]
     if corpus_only:
         raise InvalidInputError(f"{', '.join(corpus_only)} go with --output DIR/ (Parquet shards); "
                                 "end --output with / to write a directory")
@@ -147,6 +147,24 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ray_flags(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    return [("--actors", args.actors), ("--cpus-per-actor", args.cpus_per_actor),
+            ("--gpus-per-actor", args.gpus_per_actor)]
+
+
+def _ray_options(args: argparse.Namespace) -> Any:
+    """``RayOptions`` for ``--ray [ADDRESS]``, None without it; the actor flags go with it only."""
+    from ..bulk import RayOptions
+
+    if args.ray is None:
+        given = [flag for flag, value in _ray_flags(args) if value is not None]
+        if given:
+            raise InvalidInputError(f"{', '.join(given)} go with --ray")
+        return None
+    return RayOptions(address=args.ray or None, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
+                      cpus_per_actor=args.cpus_per_actor)
+
+
 def _run_corpus(args: argparse.Namespace) -> int:
     from ..bulk import SHARD_SIZE, BulkOptions, Columns, run
 
@@ -161,7 +179,7 @@ def _run_corpus(args: argparse.Namespace) -> int:
         prompt="query" if args.query or args.instruction is not None else "document",
         instruction=args.instruction, dimensions=args.dimensions, backend=args.backend,
         precision=args.precision, attention=args.attention, shard_size=args.shard_size or SHARD_SIZE,
-        on_error=args.on_error or "fail", overwrite=args.overwrite)
+        on_error=args.on_error or "fail", overwrite=args.overwrite, ray=_ray_options(args))
     record = run(options)
     dims = record.model.get("dimensions", "?")
     line = f"wrote {record.rows:,} x {dims} embeddings in {len(record.shards)} shards to {args.output}"
@@ -198,6 +216,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         "(fail, the default) or skip it and list it in the run record (skip)")
     corpus.add_argument("--overwrite", action="store_true",
                         help="start over in a directory that holds an earlier run (default: resume it)")
+    corpus.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                        help="embed on a Ray cluster: actors embed and write the shards, this process reads the "
+                        "inputs and keeps the record (same layout, resume rule and vectors); ADDRESS as ray.init "
+                        "takes it: none = RAY_ADDRESS or the cluster started last on this machine or a new local "
+                        "one, auto, HOST:6379, ray://HOST:10001; the artefact and --output must be paths every node "
+                        "reads and writes (needs embedrt[ray])")
+    corpus.add_argument("--actors", type=int, metavar="N",
+                        help="--ray: actors (default: one per GPU of the cluster, else its CPUs over --cpus-per-actor)")
+    corpus.add_argument("--cpus-per-actor", type=int, metavar="N",
+                        help="--ray: CPUs each actor reserves, also its ONNX Runtime threads (default: 1 with a "
+                        "GPU, else a node's CPUs split evenly, at most 8)")
+    corpus.add_argument("--gpus-per-actor", type=float, metavar="N",
+                        help="--ray: GPUs each actor reserves (default: 1 where the cluster has GPUs, else 0: CPU "
+                        "actors)")
     p.add_argument("--query", action="store_true", help="embed as queries with the model's default instruction")
     p.add_argument("--instruction", "--query-task", metavar="TEXT",
                    help="embed as queries with this instruction (instruction-tuned models; --query-task is an "

@@ -1,0 +1,54 @@
+"""Shared by the corpus-mode tests (test_bulk_job, test_bulk_ray): inputs of every format, and reading a run back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from embedrt.bulk import RECORD, Record
+
+
+def record_of(out: Path) -> dict[str, Any]:
+    return json.loads((out / RECORD).read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+
+
+def table_of(out: Path) -> tuple[list[Any], np.ndarray]:
+    table = pq.read_table(out)  # what any Parquet reader sees: hidden and _-prefixed files skipped
+    return table.column("id").to_pylist(), np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)
+
+
+def write_jsonl(path: Path, texts: list[str], ids: list[Any] | None = None) -> Path:
+    rows = [{"text": t} if ids is None else {"text": t, "doc": i} for t, i in zip(texts, ids or texts, strict=True)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def write_corpus(folder: Path, texts: list[str]) -> list[Path]:
+    """``texts`` (at least 44) over four inputs of every format: 20 JSONL, 13 CSV, 10 Parquet, the rest TXT (CRLF)."""
+    folder.mkdir()
+    a = write_jsonl(folder / "a.jsonl", texts[:20])
+    b = folder / "b.csv"
+    b.write_text("n,text\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(texts[20:33])), encoding="utf-8")
+    c = folder / "c.parquet"
+    pq.write_table(pa.table({"text": texts[33:43]}), c, row_group_size=4)
+    d = folder / "d.txt"
+    d.write_text("\r\n".join(texts[43:]) + "\r\n", encoding="utf-8")
+    return [a, b, c, d]
+
+
+class Interrupted(Exception):
+    pass
+
+
+def stop_after(shards: int):  # type: ignore[no-untyped-def]
+    """An ``after_shard`` hook that interrupts the run once ``shards`` shards are recorded."""
+    def hook(record: Record) -> None:
+        if len(record.shards) == shards:
+            raise Interrupted
+
+    return hook
