@@ -7,13 +7,12 @@ owner has exited (see ``embedrt.storage``).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from embedrt.manifest import MANIFEST_NAME
-from embedrt.storage import atomic_directory
+from embedrt.storage import atomic_directory, atomic_file
 
 from ..errors import ExportError
 from .source import file_sha256
@@ -54,6 +53,5 @@ def checksums(root: Path, names: list[str]) -> dict[str, str]:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write a small text file so that readers see the old or the new content, never half."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

@@ -201,9 +201,10 @@ def _scores(backend: Any, items: list[Item], manifest: Manifest, batched: bool) 
 def _score_report(precision: str, gpu: str, pairs: list[str], references: dict[str, np.ndarray],
                   modes: dict[str, np.ndarray], log: Callable[[str], None]) -> dict[str, Any]:
     """Gated against the closest of ``references`` (ORT CPU on the artefact's graphs, by precision)."""
+    from ..export.rerank_parity import closest_reference
+
     got = np.stack(list(modes.values()))
-    worst = {name: float(np.abs(got - ref[None, :]).max()) for name, ref in references.items()}
-    ref_precision = min(worst, key=worst.__getitem__)
+    ref_precision, worst = closest_reference(got, references)
     label = {name: f"onnxruntime-{'int8-qdq' if name == 'int8' else name}-cpu" for name in references}
     diffs = np.abs(got - references[ref_precision][None, :])
     mode_i, pair_i = (int(i) for i in np.unravel_index(np.argmax(diffs), diffs.shape))
