@@ -185,15 +185,12 @@ def _prepare(family: str, layers: int, work: Path) -> None:
     (work / "docs.json").write_text(json.dumps(docs))
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ranks = [np.argsort(np.argsort(x)) for x in (a, b)]
-    return float(np.corrcoef(*ranks)[0, 1])
-
-
 Row = tuple[str, str, float, float, float, float, str]
 
 
 def _family(family: str, args: argparse.Namespace) -> list[Row]:
+    from embedrt_export.quantize.ranking import spearman  # the ranking gate's own (ties share their mean rank)
+
     work = Path(args.work) / family
     _prepare(family, args.layers, work)
     sides = {name: _side(name, args, work) for name in SIDES[family]}
@@ -204,7 +201,7 @@ def _family(family: str, args: argparse.Namespace) -> list[Row]:
     for name, side in sides.items():
         scores = np.array(side["scores"])
         delta = float(np.abs(scores - reference).max())
-        rank = f"{_spearman(scores, fp32):.4f}" if name == "embedrt-int8" else ""
+        rank = f"{spearman(fp32, scores):.4f}" if name == "embedrt-int8" else ""
         rows.append((family, name, side["p50_s"], 100 / side["p50_s"], base["p50_s"] / side["p50_s"], delta, rank))
         print(f"{family:6s} {name:22s} p50 {side['p50_s'] * 1000:8.1f} ms  {100 / side['p50_s']:7.1f} pairs/s  "
               f"{rows[-1][4]:.2f}x {BASELINE[family]}  max |score delta| {delta:.2e}  {rank}")
