@@ -1,6 +1,7 @@
 """Corpus mode (`embedrt embed ... --output DIR/`) against the library in memory, and its memory bound.
 
-    python scripts/bench_bulk.py [--model minilm|tiny] [--rows 5000] [--repeats 3] [--no-ray]
+    python scripts/bench_bulk.py [--model minilm|tiny] [--rows 5000] [--shard-size 1000] [--repeats 3] [--no-ray]
+                                 [--workers 2]
                                  [--rss-lines 10000 1000000] [--work build/bench-bulk] [--docs]
 
 ``--rows 0`` or ``--rss-lines`` with no value skips that half.
@@ -12,10 +13,14 @@ scripts/text_corpus.py (about 15-250 tokens) in one JSONL file, embedded by
   ray      the same with ``--ray local``: a Ray instance of this machine started by the command, its
            default actors (this machine's CPUs split into actors of at most 8 threads), where Ray is
            installed and ``--no-ray`` is not given
-each in its own process, sides interleaved, best of ``--repeats``. All load the model outside the
-time; the bulk and ray times are the job's loop as its run record gives it (reading, embedding,
-writing and recording shards), their whole command (load and input checksum included; for ray,
-starting Ray and its actors too) is shown besides.
+  workers  the same with ``--workers N`` (``--workers``, default 2; 0 or 1 leaves it out): N worker
+           processes on this machine's CPU, its cores split between their ONNX Runtime sessions, against
+           one process whose session uses them all
+each in its own process, sides interleaved, best of ``--repeats``; the commands write shards of
+``--shard-size`` rows (windows restart at each shard), several per worker where workers share them.
+All load the model outside the time; the commands' times are the job's loop as its run record gives
+it (reading, embedding, writing and recording shards), their whole command (load and input checksum
+included; for ray, starting Ray and its actors too) is shown besides.
 
 Memory (target: flat): TXT files of ``--rss-lines`` short lines (one sentence and a number, about 20
 tokens) through ``embedrt embed TINY --input lines.txt --output DIR/`` with the tiny random Qwen3, each
@@ -117,13 +122,14 @@ def side_library(artefact: Path, texts_file: Path) -> dict:
     return {"seconds": seconds, "rows": len(texts), "tokens": tokens}
 
 
-def side_bulk(artefact: Path, input_file: Path, out: Path, ray: bool = False) -> dict:
+def side_bulk(artefact: Path, input_file: Path, out: Path, extra: tuple[str, ...] = ()) -> dict:
+    """The command; ``extra``: its flags (shard size, where it runs)."""
     from embedrt.bulk import RECORD
     from embedrt.cli import main
 
     started = time.perf_counter()
     code = main(["embed", str(artefact), "--input", str(input_file), "--output", f"{out}/", "--overwrite",
-                 *(["--ray", "local"] if ray else [])])
+                 *extra])
     wall = time.perf_counter() - started
     if code != 0:
         raise SystemExit(f"embedrt embed exited with {code}")
@@ -136,14 +142,18 @@ def side_main(args: argparse.Namespace) -> int:
     if args.side == "library":
         result = side_library(Path(args.artefact), Path(args.input))
     else:
-        result = side_bulk(Path(args.artefact), Path(args.input), Path(args.out), ray=args.side == "ray")
+        extra = ("--shard-size", str(args.shard_size),
+                 *{"bulk": (), "ray": ("--ray", "local"), "workers": ("--workers", str(args.workers))}[args.side])
+        result = side_bulk(Path(args.artefact), Path(args.input), Path(args.out), extra)
     result["peak_rss_mb"] = _status_mb("VmHWM")
     print(json.dumps(result))
     return 0
 
 
-def run_side(side: str, artefact: Path, input_file: Path, out: Path | None = None) -> dict:
-    cmd = [sys.executable, __file__, "--side", side, "--artefact", str(artefact), "--input", str(input_file)]
+def run_side(side: str, artefact: Path, input_file: Path, out: Path | None = None, workers: int = 2,
+             shard_size: int = 10_000) -> dict:
+    cmd = [sys.executable, __file__, "--side", side, "--artefact", str(artefact), "--input", str(input_file),
+           "--workers", str(workers), "--shard-size", str(shard_size)]
     if out is not None:
         cmd += ["--out", str(out)]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "RAY_ADDRESS": ""}
@@ -164,19 +174,24 @@ def throughput(args: argparse.Namespace, work: Path) -> dict:
     if not texts_file.exists():
         write_passages(texts_file, args.rows)
     best: dict[str, dict] = {}
-    sides = ("library", "bulk", "ray") if args.ray else ("library", "bulk")
+    sides = ("library", "bulk", *(("ray",) if args.ray else ()), *(("workers",) if args.workers > 1 else ()))
     for round_ in range(args.repeats):
         for side in sides:
-            r = run_side(side, artefact, texts_file, work / f"out-{side}" if side != "library" else None)
+            r = run_side(side, artefact, texts_file, work / f"out-{side}" if side != "library" else None, args.workers,
+                         args.shard_size)
             print(f"round {round_ + 1} {side:>8}: {r['rows_per_s']:8.0f} rows/s {r['tokens_per_s']:9.0f} tokens/s "
                   f"{r['seconds']:7.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
             if side not in best or r["seconds"] < best[side]["seconds"]:
                 best[side] = r
     overhead = best["bulk"]["seconds"] / best["library"]["seconds"] - 1
-    report = {"model": args.model, "rows": args.rows, "repeats": args.repeats, "results": best, "overhead": overhead}
+    report = {"model": args.model, "rows": args.rows, "shard_size": args.shard_size, "repeats": args.repeats,
+              "results": best, "overhead": overhead}
     if "ray" in best:
         report["ray_overhead"] = best["ray"]["seconds"] / best["bulk"]["seconds"] - 1
         report["ray_startup_s"] = best["ray"]["command_s"] - best["bulk"]["command_s"]
+    if "workers" in best:
+        report["workers"] = args.workers
+        report["workers_speedup"] = best["bulk"]["seconds"] / best["workers"]["seconds"]
     return report
 
 
@@ -211,7 +226,7 @@ def _throughput_lines(t: dict) -> list[str]:
         "",
         f"Throughput: {t['rows']:,} passages "
         f"(1-8 sentences each) with {t['model']} FP32 on ONNX Runtime CPU, best of {t['repeats']}, each side in "
-        "its own process, load outside the time.",
+        f"its own process, load outside the time; the commands write shards of {t.get('shard_size', 10_000):,} rows.",
         "",
         "| side | rows/s | tokens/s | seconds | peak RSS (MB) |",
         "| --- | --- | --- | --- | --- |",
@@ -221,11 +236,16 @@ def _throughput_lines(t: dict) -> list[str]:
         f"{bulk['tokens_per_s']:.0f} | {bulk['seconds']:.1f} (command: {bulk['command_s']:.1f}) | "
         f"{bulk['peak_rss_mb']:.0f} |",
         *_ray_row(t),
+        *([f"| `... --output DIR/ --workers {t['workers']}` ({w['shards']} shards) | {w['rows_per_s']:.0f} | "
+           f"{w['tokens_per_s']:.0f} | {w['seconds']:.1f} (command: {w['command_s']:.1f}) | "
+           f"{w['peak_rss_mb']:.0f} (parent) |" for w in [t["results"]["workers"]] if "workers" in t["results"]]),
         "",
         f"Streaming overhead: {100 * t['overhead']:+.1f} % (target: at most +5 %).",
         *([f"On Ray, on this one machine: the job {100 * t['ray_overhead']:+.1f} % next to `--output DIR/` alone "
            f"(shards handed to actors, written by them); the command {t['ray_startup_s']:+.1f} s longer (starting "
            "Ray and its actors, each loading the model)."] if "ray" in t["results"] else []),
+        *([f"`--workers {t['workers']}` (the cores split between {t['workers']} processes) against one process using "
+           f"them all: {t['workers_speedup']:.2f}x the rows/s."] if "workers" in t["results"] else []),
     ]
 
 
@@ -254,13 +274,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("minilm", "tiny"), default="minilm", help="throughput model")
     parser.add_argument("--rows", type=int, default=5_000, help="passages for the throughput comparison")
+    parser.add_argument("--shard-size", type=int, default=1_000, help="the commands' --shard-size")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rss-lines", type=int, nargs="*", default=[10_000, 1_000_000])
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench-bulk")
     parser.add_argument("--docs", action="store_true", help="write the bulk section of docs/benchmarks.md")
     parser.add_argument("--no-ray", dest="ray", action="store_false",
                         help="leave out the --ray side (left out anyway where Ray is not installed)")
-    parser.add_argument("--side", choices=("library", "bulk", "ray"), help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=2, help="the workers side's --workers (0 or 1: no such side)")
+    parser.add_argument("--side", choices=("library", "bulk", "ray", "workers"), help=argparse.SUPPRESS)
     parser.add_argument("--artefact", help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)

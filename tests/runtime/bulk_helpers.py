@@ -1,4 +1,5 @@
-"""Shared by the corpus-mode tests (test_bulk_job, test_bulk_ray): inputs of every format, and reading a run back."""
+"""Shared by the corpus-mode tests (test_bulk_job, test_bulk_devices, test_bulk_ray): inputs of every format,
+reading a run back and comparing two."""
 
 from __future__ import annotations
 
@@ -39,6 +40,27 @@ def write_corpus(folder: Path, texts: list[str]) -> list[Path]:
     d = folder / "d.txt"
     d.write_text("\r\n".join(texts[43:]) + "\r\n", encoding="utf-8")
     return [a, b, c, d]
+
+
+def with_bad_rows(folder: Path, texts: list[str]) -> list[Path]:
+    """``write_corpus`` and a fifth input, JSONL, of two good rows around two bad ones (not JSON; a null text)."""
+    inputs = write_corpus(folder, texts)
+    bad = folder / "e.jsonl"
+    bad.write_text(json.dumps({"text": "kept"}) + "\n{not json\n" + json.dumps({"text": None}) + "\n"
+                   + json.dumps({"text": "last"}) + "\n", encoding="utf-8")
+    return [*inputs, bad]
+
+
+TIMING = ("seconds", "started", "finished")  # the only record fields a second run may change
+
+
+def same_run(out: Path, want: Path) -> None:
+    """Byte-identical shards and the same record (but for its times) as the run in ``want``."""
+    got, expected = record_of(out), record_of(want)
+    assert {k: v for k, v in got.items() if k not in TIMING} == {k: v for k, v in expected.items() if k not in TIMING}
+    for entry in expected["shards"]:
+        assert (out / entry["file"]).read_bytes() == (want / entry["file"]).read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in want.iterdir())  # no strays, no temporaries
 
 
 class Interrupted(Exception):

@@ -27,7 +27,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from bulk_helpers import Interrupted, record_of, stop_after, table_of, write_corpus, write_jsonl
+from bulk_helpers import (
+    Interrupted,
+    record_of,
+    same_run,
+    stop_after,
+    table_of,
+    with_bad_rows,
+    write_corpus,
+    write_jsonl,
+)
 from runtime_helpers import mixed_texts
 
 import embedrt
@@ -48,7 +57,6 @@ pytestmark = pytest.mark.ray
 SOURCES = str(Path(embedrt.__file__).resolve().parents[1])  # this checkout's runtime/src, for every worker
 TEXTS = mixed_texts(53, seed=5)
 TWO_ACTORS = RayOptions(actors=2, cpus_per_actor=1)
-TIMING = ("seconds", "started", "finished")  # the only record fields a second run may change
 
 
 @pytest.fixture(scope="module")
@@ -66,15 +74,6 @@ def _options(artefact: Path, inputs: list[Path], output: Path, **kw: Any) -> Bul
     base = BulkOptions(artefact=artefact, inputs=tuple(str(i) for i in inputs), output=output, shard_size=10,
                        window=4, progress=False)
     return replace(base, **kw)
-
-
-def _same_run(out: Path, want: Path) -> None:
-    """Byte-identical shards and the same record (but for its times) as the run in ``want``."""
-    got, expected = record_of(out), record_of(want)
-    assert {k: v for k, v in got.items() if k not in TIMING} == {k: v for k, v in expected.items() if k not in TIMING}
-    for entry in expected["shards"]:
-        assert (out / entry["file"]).read_bytes() == (want / entry["file"]).read_bytes()
-    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in want.iterdir())  # no strays, no temporaries
 
 
 def _actors() -> list[dict[str, Any]]:
@@ -153,18 +152,15 @@ def test_embed_dataset_checks_options_and_names_bad_rows(cluster: None, qwen3_ar
 
 def test_ray_gives_the_local_shards_and_record(cluster: None, qwen3_artefact: Path, tmp_path: Path) -> None:
     """Every input format, bad rows skipped: the same shards, byte for byte, and the same record."""
-    inputs = write_corpus(tmp_path / "in", TEXTS)
-    bad = tmp_path / "in" / "e.jsonl"
-    bad.write_text(json.dumps({"text": "kept"}) + "\n{not json\n" + json.dumps({"text": None}) + "\n"
-                   + json.dumps({"text": "last"}) + "\n", encoding="utf-8")
+    inputs = with_bad_rows(tmp_path / "in", TEXTS)
     local, on_ray = tmp_path / "local", tmp_path / "ray"
-    run(_options(qwen3_artefact, [*inputs, bad], local, on_error="skip"))
+    run(_options(qwen3_artefact, inputs, local, on_error="skip"))
     messages: list[str] = []
-    record = run(_options(qwen3_artefact, [*inputs, bad], on_ray, on_error="skip", ray=TWO_ACTORS),
+    record = run(_options(qwen3_artefact, inputs, on_ray, on_error="skip", ray=TWO_ACTORS),
                  log=messages.append)
     assert messages == ["embedding on Ray: 2 actors of 1 CPU (1 thread) each"]
     assert record.complete and record.rows == 55 and record.skipped == 2
-    _same_run(on_ray, local)
+    same_run(on_ray, local)
 
 
 def test_standard_input_on_ray(cluster: None, qwen3_artefact: Path, tmp_path: Path,
@@ -176,7 +172,7 @@ def test_standard_input_on_ray(cluster: None, qwen3_artefact: Path, tmp_path: Pa
         run(BulkOptions(artefact=qwen3_artefact, inputs=("-",), output=out, shard_size=5, progress=False,
                         ray=ray_options))
     assert table_of(tmp_path / "ray")[0] == list(range(12))
-    _same_run(tmp_path / "ray", tmp_path / "local")
+    same_run(tmp_path / "ray", tmp_path / "local")
 
 
 def test_resume_refuse_and_overwrite_on_ray(cluster: None, qwen3_artefact: Path, tmp_path: Path,
@@ -205,7 +201,7 @@ def test_resume_refuse_and_overwrite_on_ray(cluster: None, qwen3_artefact: Path,
     with pytest.raises(Interrupted):
         run(_options(qwen3_artefact, inputs, mixed), after_shard=stop_after(3))
     run(_options(qwen3_artefact, inputs, mixed, ray=TWO_ACTORS))
-    _same_run(mixed, whole)
+    same_run(mixed, whole)
     assert main([*args, "--overwrite", "--dimensions", "32"]) == 0
     assert record_of(out)["settings"]["dimensions"] == 32 and table_of(out)[1].shape == (53, 32)
 
@@ -231,7 +227,7 @@ def test_a_killed_actor_loses_and_duplicates_no_rows(cluster: None, qwen3_artefa
     assert len(killed) == 2 and len(later) == 2, (killed, later)
     assert all(a["NumRestarts"] >= 1 and a["Pid"] not in killed for a in later)  # started again, new processes
     assert table_of(on_ray)[0] == list(range(1200))
-    _same_run(on_ray, local)
+    same_run(on_ray, local)
 
 
 def test_a_worker_that_cannot_load_the_model_says_where(cluster: None, tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
-"""Corpus-scale embedding: files or standard input in, Parquet shards and a run record out, on one machine
-or, with ``BulkOptions.ray``, on a Ray cluster (``embedrt.bulk.ray``, which also has ``embed_dataset``).
+"""Corpus-scale embedding: files or standard input in, Parquet shards and a run record out: in one process,
+in worker processes on several GPUs or CPU slices of one machine (``BulkOptions.devices`` / ``workers``),
+or on a Ray cluster (``BulkOptions.ray``; ``embedrt.bulk.ray``, which also has ``embed_dataset``).
 
 ``embedrt embed ART --input FILES... --output DIR/`` runs ``job.run``; see docs/bulk.md. Reading JSONL,
 CSV and TXT needs nothing beyond the runtime; Parquet (read or written) needs pyarrow, the ``bulk``
@@ -8,7 +9,9 @@ extra (``pip install 'embedrt[bulk]'``), imported only where it is used (``arrow
 Modules: ``inputs`` (files, globs, formats, fingerprints), ``readers`` (rows, with the place and reason
 of each bad one), ``shards`` (Parquet files written atomically), ``record`` (the run record and the
 output directory: refuse, resume, overwrite), ``shardbook`` (rows cut into shards and recorded, whoever
-embeds them), ``progress``, ``job`` (preparing a job, and the loop in this process) and ``ray`` (Ray).
+embeds them), ``progress``, ``job`` (preparing a job, and the loop in this process), ``worker`` (a
+model that writes the shards it is handed), ``parallel`` (the loop that hands shards to a pool of
+them), ``devices`` (worker processes on this machine) and ``ray`` (Ray actors).
 """
 
 from __future__ import annotations

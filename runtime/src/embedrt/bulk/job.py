@@ -1,5 +1,6 @@
-"""One corpus job: inputs streamed through ``Embedder`` into Parquet shards, resumable, in this process or
-on a Ray cluster (``BulkOptions.ray``; ``ray/driver.py``).
+"""One corpus job: inputs streamed through ``Embedder`` into Parquet shards, resumable, in this process, in
+worker processes on this machine (``BulkOptions.devices`` / ``workers``; ``devices.py``) or on a Ray
+cluster (``BulkOptions.ray``; ``ray/driver.py``).
 
 Order of work: the output directory is created, probed and locked, the inputs resolved and
 fingerprinted, their columns checked, the options checked against the artefact's manifest, and a
@@ -80,7 +81,9 @@ class BulkOptions:
     overwrite: bool = False
     window: int = WINDOW
     progress: bool = True
-    ray: RayOptions | None = None  # None: in this process
+    ray: RayOptions | None = None  # None: on this machine
+    devices: tuple[int, ...] = ()  # GPUs of this machine, a worker process each (repeats: several on one GPU)
+    workers: int = 1  # without devices: CPU worker processes (1: embed in this process)
 
 
 def run(options: BulkOptions, *, log: Callable[[str], None] | None = None,
@@ -91,6 +94,7 @@ def run(options: BulkOptions, *, log: Callable[[str], None] | None = None,
         raise InvalidInputError(f"--shard-size must be at least 1, not {options.shard_size}")
     if options.on_error not in ("fail", "skip"):
         raise InvalidInputError(f"--on-error must be fail or skip, not {options.on_error!r}")
+    _check_placement(options)
     if options.ray is not None:
         from .ray.cluster import import_ray
 
@@ -142,11 +146,30 @@ def _run(options: BulkOptions, found: list[tuple[str, str]], output: Output, say
 
         run_on_ray(options, book, say)
         return record
+    if options.devices or options.workers > 1:
+        from .devices import run_on_workers
+
+        run_on_workers(options, book, say)
+        return record
     with Embedder.load(options.artefact, options.backend, precision=options.precision,
                        backend_config=BackendConfig(attention=options.attention)) as embedder:
         begin(options, book, describe(embedder, options.dimensions))
         _LocalJob(embedder, options, book).run()
     return record
+
+
+def _check_placement(options: BulkOptions) -> None:
+    """Where the job runs: one of this process, worker processes (GPUs or CPU) and Ray."""
+    if options.workers < 1:
+        raise InvalidInputError(f"--workers must be at least 1, not {options.workers}")
+    if options.devices and options.workers > 1:
+        raise InvalidInputError("--devices and --workers do not go together: --devices starts one worker per GPU "
+                                "listed (list one twice for two on it), --workers CPU workers")
+    if options.ray is not None and (options.devices or options.workers > 1):
+        raise InvalidInputError(f"{'--devices' if options.devices else '--workers'} places workers on this machine; "
+                                "with --ray, Ray places them (--actors, --gpus-per-actor, --cpus-per-actor)")
+    if any(d < 0 for d in options.devices):
+        raise InvalidInputError(f"--devices takes GPU indices (0 and up), not {options.devices}")
 
 
 def begin(options: BulkOptions, book: ShardBook, model: dict[str, Any]) -> None:

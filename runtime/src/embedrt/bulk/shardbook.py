@@ -5,7 +5,7 @@ shards, and each finished shard entered in the run record.
 included), checks the rows of the shards finished by an earlier run against their ``texts_sha256``
 instead of embedding them again, stops at the first bad row under ``--on-error fail`` or notes it
 under ``skip``, and yields the texts to embed, each one's id and digest left in ``pending``. The
-caller embeds them however it does (``job`` in this process; ``ray.driver`` on a Ray cluster), takes
+caller embeds them however it does (``job`` in this process; ``parallel`` through workers), takes
 a shard's rows with ``take`` and enters the written shard with ``enter``, in shard order.
 """
 

@@ -118,7 +118,8 @@ def _run(args: argparse.Namespace) -> int:
         return _run_corpus(args)
     corpus_only = [flag for flag, value in (("--id-column", args.id_column), ("--shard-size", args.shard_size),
                                             ("--on-error", args.on_error), ("--overwrite", args.overwrite or None),
-                                            ("--ray", args.ray), *_ray_flags(args)) if value is not None]
+                                            ("--ray", args.ray), ("--devices", args.devices),
+                                            ("--workers", args.workers), *_ray_flags(args)) if value is not None]
     if corpus_only:
         raise InvalidInputError(f"{', '.join(corpus_only)} go with --output DIR/ (Parquet shards); "
                                 "end --output with / to write a directory")
@@ -167,6 +168,7 @@ def _ray_options(args: argparse.Namespace) -> Any:
 
 def _run_corpus(args: argparse.Namespace) -> int:
     from ..bulk import SHARD_SIZE, BulkOptions, Columns, run
+    from ..bulk.devices import parse_devices
 
     if args.texts:
         raise InvalidInputError("TEXT arguments do not go into a directory of shards: put them in a file, or "
@@ -179,7 +181,9 @@ def _run_corpus(args: argparse.Namespace) -> int:
         prompt="query" if args.query or args.instruction is not None else "document",
         instruction=args.instruction, dimensions=args.dimensions, backend=args.backend,
         precision=args.precision, attention=args.attention, shard_size=args.shard_size or SHARD_SIZE,
-        on_error=args.on_error or "fail", overwrite=args.overwrite, ray=_ray_options(args))
+        on_error=args.on_error or "fail", overwrite=args.overwrite, ray=_ray_options(args),
+        devices=parse_devices(args.devices) if args.devices is not None else (),
+        workers=1 if args.workers is None else args.workers)
     record = run(options)
     dims = record.model.get("dimensions", "?")
     line = f"wrote {record.rows:,} x {dims} embeddings in {len(record.shards)} shards to {args.output}"
@@ -216,6 +220,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         "(fail, the default) or skip it and list it in the run record (skip)")
     corpus.add_argument("--overwrite", action="store_true",
                         help="start over in a directory that holds an earlier run (default: resume it)")
+    corpus.add_argument("--devices", metavar="0,1,...",
+                        help="embed on these GPUs of this machine, a worker process each, shards shared out between "
+                        "them (0,0,1,1: two workers per GPU); indices as CUDA numbers them after CUDA_VISIBLE_DEVICES")
+    corpus.add_argument("--workers", type=int, metavar="N",
+                        help="embed in N worker processes on the CPU, which split its cores between them (default: "
+                        "1, in this process, whose ONNX Runtime already uses every core; docs/bulk.md says when more "
+                        "pays)")
     corpus.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                         help="embed on a Ray cluster: actors embed and write the shards, this process reads the "
                         "inputs and keeps the record (same layout, resume rule and vectors); ADDRESS as ray.init "

@@ -19,12 +19,13 @@ from types import ModuleType
 
 from ...errors import EmbedrtError, InvalidInputError
 from ..job import RayOptions
+from ..parallel import WorkerError
 
 INSTALL_HINT = "pip install 'embedrt[ray]'"
 CPU_THREADS = 8  # a CPU actor's default: ONNX Runtime gains little from more threads on batches this small
 
 
-class RayJobError(EmbedrtError):
+class RayJobError(WorkerError):
     """The cluster could not do the work: a worker could not load the artefact or write a shard, or failed."""
 
 
