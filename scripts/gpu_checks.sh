@@ -11,7 +11,8 @@
 # Steps, each logged to OUT/<step>.log and continuing past failures (the summary says which failed):
 #   gpu       nvidia-smi: name, driver, compute capability, memory
 #   pytest    pytest -m gpu tests/gpu (TensorRT build + parity, pipelining, CUDA buffers, ORT CUDA: fused
-#             vs eager, no Memcpy nodes, CUDA graphs replay equal results)
+#             vs eager, no Memcpy nodes, CUDA graphs replay equal results; embedrt embed --devices 0 / 0,0:
+#             worker processes on the GPU equal one worker and the CPU)
 #   export    a 0.6B-shaped random Qwen3 (28 layers; 4 with --quick), exported at max length 512: the fused
 #             graph (default) and its eager twin, FP32 + FP16, each parity-gated
 #   bench_gpu scripts/bench_gpu.py: ORT CUDA fused FP16 (+ CUDA graphs, - flash) vs eager FP16 vs PyTorch
