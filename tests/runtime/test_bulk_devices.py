@@ -44,6 +44,16 @@ TEXTS = mixed_texts(53, seed=5)
 PER_WORKER = max(1, usable_cpus() // 2)
 
 
+def _gpus_counted() -> bool:
+    from embedrt.backends.cuda import gpu_count
+    from embedrt.errors import BackendError
+
+    try:
+        return gpu_count() > 0
+    except BackendError:
+        return False
+
+
 def _options(artefact: Path, inputs: list[Path], output: Path, **kw: Any) -> BulkOptions:
     base = BulkOptions(artefact=artefact, inputs=tuple(str(i) for i in inputs), output=output, shard_size=10,
                        window=4, progress=False)
@@ -141,6 +151,8 @@ def test_placement_flags_are_checked(qwen3_artefact: Path, tmp_path: Path, capsy
     for extra, message in ((["--devices", "0,x"], "--devices takes GPU indices separated by commas (0,1,2,3; 0,0 "
                                                   "for two workers on GPU 0), not '0,x'"),
                            (["--devices", "-1"], "--devices takes GPU indices"),
+                           *([(["--devices", "all"], "--devices all: cannot count this machine's GPUs (")]
+                             if not _gpus_counted() else []),
                            (["--workers", "0"], "--workers must be at least 1, not 0"),
                            (["--devices", "0", "--workers", "2"], "--devices and --workers do not go together"),
                            (["--workers", "2", "--ray"], "--workers places workers on this machine; with --ray, Ray "

@@ -52,8 +52,8 @@ class GpuInfo:
     total_bytes: int
 
 
-def gpu_info(index: int = 0) -> GpuInfo:
-    """The GPU the runtime will use, or BackendError (no driver, no GPU, bad index)."""
+def gpu_count() -> int:
+    """GPUs visible to this process (after ``CUDA_VISIBLE_DEVICES``), at least 1, or BackendError saying why none."""
     cudart = runtime_api()
     try:
         count = _check(cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
@@ -63,6 +63,13 @@ def gpu_info(index: int = 0) -> GpuInfo:
         raise BackendError(f"CUDA could not start: {exc}") from exc
     if not count:
         raise BackendError("no CUDA GPU is visible (cudaGetDeviceCount returned 0)")
+    return int(count)
+
+
+def gpu_info(index: int = 0) -> GpuInfo:
+    """The GPU the runtime will use, or BackendError (no driver, no GPU, bad index)."""
+    cudart = runtime_api()
+    count = gpu_count()
     if not 0 <= index < count:
         raise BackendError(f"GPU {index} asked for, but only {count} visible")
     prop = _check(cudart.cudaGetDeviceProperties(index), "cudaGetDeviceProperties")

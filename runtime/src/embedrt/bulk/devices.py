@@ -1,5 +1,5 @@
-"""``embedrt embed ... --output DIR/ --devices 0,1,2,3`` or ``--workers N``: the corpus job's shards embedded
-by worker processes on this machine, through the pool and loop of ``parallel.py``.
+"""``embedrt embed ... --output DIR/ --devices 0,1,2,3`` (or ``all``) or ``--workers N``: the corpus job's
+shards embedded by worker processes on this machine, through the pool and loop of ``parallel.py``.
 
 One worker process per entry of ``--devices`` (a CUDA index as this process sees it, after
 ``CUDA_VISIBLE_DEVICES``; an index listed twice gets two workers on that GPU), each loading its own
@@ -26,7 +26,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from ..config import usable_cpus
-from ..errors import EmbedrtError, InvalidInputError
+from ..errors import BackendError, EmbedrtError, InvalidInputError
 from .job import BulkOptions, begin
 from .parallel import ParallelJob, ShardPool, WorkerError, agreed_model
 from .shardbook import ShardBook
@@ -36,7 +36,15 @@ STOP_SECONDS = 10.0  # a worker asked to stop that is still running after this i
 
 
 def parse_devices(text: str) -> tuple[int, ...]:
-    """``--devices 0,1,2,3``: GPU indices, repeats allowed (two workers on one GPU)."""
+    """``--devices 0,1,2,3``: GPU indices, repeats allowed (two workers on one GPU); ``all``: every visible GPU."""
+    if text.strip() == "all":
+        from ..backends.cuda import gpu_count
+
+        try:
+            return tuple(range(gpu_count()))
+        except BackendError as exc:
+            raise InvalidInputError(f"--devices all: cannot count this machine's GPUs ({exc}); list them instead "
+                                    "(--devices 0,1), or leave --devices out to embed on the CPU") from None
     try:
         devices = tuple(int(part) for part in text.split(","))
     except ValueError:

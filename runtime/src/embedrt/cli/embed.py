@@ -220,9 +220,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         "(fail, the default) or skip it and list it in the run record (skip)")
     corpus.add_argument("--overwrite", action="store_true",
                         help="start over in a directory that holds an earlier run (default: resume it)")
-    corpus.add_argument("--devices", metavar="0,1,...",
+    corpus.add_argument("--devices", metavar="0,1,...|all",
                         help="embed on these GPUs of this machine, a worker process each, shards shared out between "
-                        "them (0,0,1,1: two workers per GPU); indices as CUDA numbers them after CUDA_VISIBLE_DEVICES")
+                        "them (0,0,1,1: two workers per GPU; all: each visible GPU); indices as CUDA numbers them "
+                        "after CUDA_VISIBLE_DEVICES")
     corpus.add_argument("--workers", type=int, metavar="N",
                         help="embed in N worker processes on the CPU, which split its cores between them (default: "
                         "1, in this process, whose ONNX Runtime already uses every core; docs/bulk.md says when more "
