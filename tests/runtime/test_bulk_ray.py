@@ -234,7 +234,8 @@ def test_a_worker_that_cannot_load_the_model_says_where(cluster: None, tmp_path:
     actor = ray.remote(ShardWriter).options(num_cpus=1).remote(WorkerSpec(str(tmp_path / "nowhere")), str(tmp_path))
     try:
         with pytest.raises(RayJobError, match=r"a Ray worker could not load the model \(on .+: ArtefactError: .*\); "
-                                              r"the artefact must be a path every node of the cluster can read"):
+                                              r"the artefact must be a path every node of the cluster can read "
+                                              r"\(a shared file system\), or a URL"):
             _model(ray, [actor])
     finally:
         ray.kill(actor)

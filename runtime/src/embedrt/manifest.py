@@ -221,7 +221,12 @@ def _graph_file(data: dict[str, Any]) -> GraphFile:
 
 
 def load_manifest(artefact: str | Path) -> Manifest:
-    """Read and validate ``manifest.json`` of an artefact directory."""
+    """Read and validate ``manifest.json`` of an artefact directory, or of the artefact at a URL (``remote``:
+    only the manifest is read from there)."""
+    from .remote import is_url, read_manifest  # remote imports this module
+
+    if is_url(artefact):
+        return read_manifest(str(artefact))
     path = Path(artefact)
     manifest_path = path / MANIFEST_NAME
     if not path.is_dir():
@@ -232,10 +237,18 @@ def load_manifest(artefact: str | Path) -> Manifest:
             "run `embedrt export MODEL --out DIR` again"
         )
     try:
-        data = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        data = manifest_path.read_bytes()
+    except OSError as exc:
         raise ArtefactError(f"cannot read {manifest_path}: {exc}") from exc
-    manifest = Manifest.from_dict(data)
+    return parse_manifest(data, str(manifest_path))
+
+
+def parse_manifest(data: bytes, where: str) -> Manifest:
+    """The manifest in ``data`` (the bytes of ``where``), validated."""
+    try:
+        manifest = Manifest.from_dict(json.loads(data.decode("utf-8")))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtefactError(f"cannot read {where}: {exc}") from exc
     if manifest.pooling not in POOLINGS:
-        raise ArtefactError(f"unknown pooling {manifest.pooling!r} in {manifest_path}")
+        raise ArtefactError(f"unknown pooling {manifest.pooling!r} in {where}")
     return manifest

@@ -26,6 +26,7 @@ from .config import BackendConfig, BatchingConfig
 from .errors import ArtefactError, BackendError, UnavailableError
 from .info import BackendInfo
 from .manifest import Manifest, load_manifest
+from .remote import local_artefact
 from .tokenizer import Encoded
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,9 @@ class Model:
     @classmethod
     def load(cls: type[M], path: str | Path, backend: str = "auto", *, precision: str = "auto",
              batching: BatchingConfig | None = None, backend_config: BackendConfig | None = None) -> M:
-        """Open an artefact directory written by ``embedrt export``."""
-        root = Path(path)
+        """Open an artefact directory written by ``embedrt export``, or the artefact at a URL (``s3://...``:
+        copied into a local cache first, ``remote.py``)."""
+        root = local_artefact(path)
         manifest = load_manifest(root)
         if manifest.task != cls.task:
             (what, loader), wanted = LOADERS[manifest.task], LOADERS[cls.task][0]

@@ -27,6 +27,7 @@ from typing import Any
 
 from ..config import usable_cpus
 from ..errors import BackendError, EmbedrtError, InvalidInputError
+from ..remote import absolute
 from .job import BulkOptions, begin
 from .parallel import ParallelJob, ShardPool, WorkerError, agreed_model
 from .shardbook import ShardBook
@@ -60,7 +61,7 @@ def worker_specs(options: BulkOptions) -> list[WorkerSpec]:
     count = len(options.devices) or options.workers
     threads = max(1, usable_cpus() // count)
     gpus: tuple[int | None, ...] = options.devices or (None,) * options.workers
-    return [WorkerSpec(str(options.artefact.resolve()), options.backend, options.precision, options.attention,
+    return [WorkerSpec(absolute(options.artefact), options.backend, options.precision, options.attention,
                        threads, options.prompt, options.instruction, options.dimensions, options.window, gpu)
             for gpu in gpus]
 

@@ -36,6 +36,7 @@ from ..embedder import Embedder
 from ..errors import InvalidInputError
 from ..manifest import Manifest, load_manifest
 from ..pooling import check_dimensions
+from ..remote import absolute, manifest_bytes
 from ..streaming import WINDOW, embed_blocks
 from . import readers
 from .arrow import pyarrow
@@ -65,7 +66,7 @@ class RayOptions:
 class BulkOptions:
     """A corpus job: what ``embedrt embed ... --output DIR/`` maps its flags onto."""
 
-    artefact: Path
+    artefact: Path | str  # a directory, or a URL (remote.py: every process fetches its own copy)
     inputs: tuple[str, ...]
     output: Path
     input_format: str | None = None  # None: by suffix
@@ -200,8 +201,8 @@ def check_prompt(manifest: Manifest, prompt: str, instruction: str | None, dimen
 
 def _settings(options: BulkOptions, manifest: Manifest) -> dict[str, Any]:
     """The arguments a resumed run must repeat; inputs are compared by fingerprint besides."""
-    digest = hashlib.sha256((options.artefact / "manifest.json").read_bytes()).hexdigest()
-    return {"artefact": str(options.artefact.resolve()), "manifest_sha256": digest, "model": manifest.name,
+    digest = hashlib.sha256(manifest_bytes(options.artefact)).hexdigest()
+    return {"artefact": absolute(options.artefact), "manifest_sha256": digest, "model": manifest.name,
             "backend": options.backend, "precision": options.precision, "attention": options.attention,
             "prompt": options.prompt, "instruction": options.instruction, "dimensions": options.dimensions,
             "text_column": options.columns.text, "id_column": options.columns.id, "shard_size": options.shard_size}

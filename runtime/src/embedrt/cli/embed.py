@@ -169,6 +169,7 @@ def _ray_options(args: argparse.Namespace) -> Any:
 def _run_corpus(args: argparse.Namespace) -> int:
     from ..bulk import SHARD_SIZE, BulkOptions, Columns, run
     from ..bulk.devices import parse_devices
+    from ..remote import is_url
 
     if args.texts:
         raise InvalidInputError("TEXT arguments do not go into a directory of shards: put them in a file, or "
@@ -176,7 +177,8 @@ def _run_corpus(args: argparse.Namespace) -> int:
     if not args.input:
         raise InvalidInputError("nothing to embed: give --input FILE (globs too; - for standard input)")
     options = BulkOptions(
-        artefact=Path(args.artefact), inputs=tuple(args.input), output=Path(args.output),
+        artefact=args.artefact if is_url(args.artefact) else Path(args.artefact), inputs=tuple(args.input),
+        output=Path(args.output),
         input_format=args.input_format, columns=Columns(args.text_column, args.id_column),
         prompt="query" if args.query or args.instruction is not None else "document",
         instruction=args.instruction, dimensions=args.dimensions, backend=args.backend,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ...manifest import load_manifest
+from ...remote import absolute
 from ...streaming import WINDOW
 from ..job import RayOptions, check_prompt
 from .cluster import import_ray, plan_actors
@@ -43,13 +44,13 @@ def embed_dataset(ds: Any, artefact: str | Path, *, text_column: str = "text", i
     waits for them forever. Options are checked against the artefact's manifest here, before anything runs.
     """
     ray = import_ray("embed_dataset")
-    path = Path(artefact).resolve()
+    path = absolute(artefact)
     check_prompt(load_manifest(path), prompt, instruction, dimensions)
     if not ray.is_initialized():
         ray.init()  # as Ray Data would on first use: the plan below needs the cluster's resources
     options = RayOptions(actors=concurrency, gpus_per_actor=num_gpus, cpus_per_actor=num_cpus)
     plan = plan_actors(ray, options, spare=1)  # a CPU a node for Ray Data's own tasks (reading, numbering)
-    spec = WorkerSpec(str(path), backend, precision, attention, plan.threads, prompt, instruction, dimensions,
+    spec = WorkerSpec(path, backend, precision, attention, plan.threads, prompt, instruction, dimensions,
                       window=batch_size)
     if id_column is None:
         ds, id_column = _numbered(ray, ds), INDEX

@@ -13,6 +13,7 @@ from types import ModuleType
 from typing import Any
 
 from ...errors import EmbedrtError
+from ...remote import absolute
 from ..job import BulkOptions, begin
 from ..parallel import ParallelJob, ShardPool, agreed_model
 from ..shardbook import ShardBook
@@ -26,7 +27,7 @@ def run_on_ray(options: BulkOptions, book: ShardBook, say: Callable[[str], None]
     ray = import_ray()
     with connected(ray, options.ray.address):
         plan = plan_actors(ray, options.ray)
-        spec = WorkerSpec(str(options.artefact.resolve()), options.backend, options.precision, options.attention,
+        spec = WorkerSpec(absolute(options.artefact), options.backend, options.precision, options.attention,
                           plan.threads, options.prompt, options.instruction, options.dimensions, options.window)
         remote = ray.remote(ShardWriter).options(num_cpus=plan.cpus, num_gpus=plan.gpus, max_restarts=-1,
                                                  max_task_retries=-1)
@@ -43,7 +44,8 @@ def run_on_ray(options: BulkOptions, book: ShardBook, say: Callable[[str], None]
 def _model(ray: ModuleType, actors: list[Any]) -> dict[str, Any]:
     """How the actors run the model (once every one has loaded it); refused where one could not."""
     return agreed_model(ray.get([actor.describe.remote() for actor in actors]), "a Ray worker",
-                        "; the artefact must be a path every node of the cluster can read (a shared file system)",
+                        "; the artefact must be a path every node of the cluster can read (a shared file system), "
+                        "or a URL each can fetch (s3://, gs://, ...)",
                         "--backend and --precision, or --gpus-per-actor,", RayJobError)
 
 
