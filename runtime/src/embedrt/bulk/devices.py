@@ -69,7 +69,7 @@ def worker_specs(options: BulkOptions) -> list[WorkerSpec]:
 def run_on_workers(options: BulkOptions, book: ShardBook, say: Callable[[str], None]) -> None:
     """Run the job whose preparation ``job.run`` has done (``book``) in worker processes."""
     specs = worker_specs(options)
-    pool = Processes(specs, str(book.output.path.resolve()))
+    pool = Processes(specs, str(book.output.path.resolve()))  # stops what it started if it cannot start all
     try:
         begin(options, book, agreed_model(pool.describe(), where=_load_hint(options)))
         say(f"embedding in {_plan(specs)}")
@@ -108,15 +108,19 @@ class Processes(ShardPool):
         self.held: list[deque[tuple[int, str]]] = [deque() for _ in specs]  # (handle, shard) per worker, in order
         self.replies: dict[int, Any] = {}
         self.sent = 0
-        for n, spec in enumerate(specs):
-            queue, (receive, send) = context.Queue(), context.Pipe(duplex=False)
-            process = context.Process(target=_serve, args=(spec, output, queue, send), daemon=True,
-                                      name=f"embedrt-worker-{n}")
-            process.start()
-            send.close()  # the worker's end: the pipe reads as closed once the worker is gone
-            self.queues.append(queue)
-            self.pipes.append(receive)
-            self.processes.append(process)
+        try:
+            for n, spec in enumerate(specs):
+                queue, (receive, send) = context.Queue(), context.Pipe(duplex=False)
+                process = context.Process(target=_serve, args=(spec, output, queue, send), daemon=True,
+                                          name=f"embedrt-worker-{n}")
+                self.queues.append(queue)
+                self.pipes.append(receive)
+                process.start()
+                self.processes.append(process)
+                send.close()  # the worker's end: the pipe reads as closed once the worker is gone
+        except BaseException:
+            self.close(abort=True)  # the ones started so far
+            raise
 
     def describe(self) -> list[dict[str, Any]]:
         """Each worker's ``ShardWriter.describe``, once it has loaded the model."""
@@ -171,13 +175,14 @@ class Processes(ShardPool):
                 self.queues[n].cancel_join_thread()  # what it never read is dropped
             elif process.is_alive():
                 self.queues[n].put(None)
-        for n, process in enumerate(self.processes):
+        for process in self.processes:
             process.join(STOP_SECONDS)
             if process.is_alive():
                 process.kill()
                 process.join()
-            self.queues[n].close()
-            self.pipes[n].close()
+        for queue, pipe in zip(self.queues, self.pipes, strict=True):
+            queue.close()
+            pipe.close()
 
 
 def _serve(spec: WorkerSpec, output: str, queue: Any, pipe: Connection) -> None:
