@@ -1,7 +1,9 @@
-"""Replicas on Ray Serve (``embedrt serve --ray``, ``embedrt.server.ray_serve``), on a local Ray of 2 CPUs.
+"""Replicas on Ray Serve (``embedrt serve --ray``, ``embedrt.server.ray_serve``), on a local Ray of 2 CPUs; over
+HTTP here, over gRPC in test_ray_grpc.py.
 
 One Ray instance for the module (loopback only, no dashboard), shut down at its end even on failure;
-the CLI test, first, runs its own in a subprocess. Selected with ``-m ray``; skipped without Ray.
+the CLI test, first, runs its own in a subprocess (with gRPC, whose proxy binds every interface: Serve
+has no host option for it). Selected with ``-m ray``; skipped without Ray.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pytest
@@ -27,6 +30,7 @@ from _serving import MAX_INPUTS, MAX_MESSAGE_BYTES, Served
 import embedrt
 from embedrt import Embedder, Reranker, load_manifest
 from embedrt.config import RayServeConfig, SchedulerConfig, ServerConfig
+from embedrt.server import pb2, pb2_grpc
 
 pytest.importorskip("ray.serve", reason="needs the ray extra: pip install 'embedrt[ray]'")
 import ray
@@ -57,9 +61,9 @@ def _vectors(reply: httpx.Response) -> np.ndarray:
 
 
 def test_cli_serves_on_ray_and_stops_on_sigterm(artefact: Path, library: Embedder) -> None:
-    port = _free_port()
+    port, grpc_port = _free_port(), _free_port()
     command = [sys.executable, "-m", "embedrt.cli", "serve", str(artefact), "--ray", "local", "--replicas", "1",
-               "--cpus-per-replica", "0.5", "--http-port", str(port), "--grace", "5"]
+               "--cpus-per-replica", "0.5", "--http-port", str(port), "--grpc-port", str(grpc_port), "--grace", "5"]
     env = {**os.environ, "EMBEDRT_LOG_LEVEL": "WARNING", "PYTHONPATH": os.pathsep.join(
         [SOURCES, os.environ.get("PYTHONPATH", "")]), "RAY_ADDRESS": ""}
     # A session of its own: if the test fails, the process group (the command and the Ray it started) goes.
@@ -74,12 +78,18 @@ def test_cli_serves_on_ray_and_stops_on_sigterm(artefact: Path, library: Embedde
                 break
             seen.append(line)
         assert line and f"{load_manifest(artefact).name} on onnxruntime" in line, "never ready:\n" + "".join(seen[-30:])
+        assert f"; gRPC port {grpc_port} (every interface)" in line
         threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe from filling
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             texts = ["served by a replica", "on Ray Serve"]
             np.testing.assert_allclose(_vectors(client.post("/v1/embeddings", json={"input": texts})),
                                        library.embed(texts), atol=1e-6)
             assert client.get("/health").json() == {"status": "ready"}
+        # gRPC through Serve's gRPC proxy (tests/server/test_ray_grpc.py has the rest); one application: no
+        # `application` metadata needed.
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            reply = pb2_grpc.EmbedderStub(channel).Embed(pb2.EmbedRequest(inputs=texts), timeout=30)
+        np.testing.assert_allclose([e.values for e in reply.embeddings], library.embed(texts), atol=1e-6)
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
     finally:

@@ -167,6 +167,9 @@ class RayServeConfig:
     max_ongoing_requests: int = 64  # requests Serve hands one replica at once; more wait in Serve's router
     cpus_per_replica: float = 1.0  # Ray's num_cpus; also the replica's ONNX Runtime threads unless set
     gpus_per_replica: float = 0.0  # Ray's num_gpus: 0.5 puts two replicas on one GPU; 0: CPU replicas
+    # Serve's gRPC proxy port; None: no gRPC. Off unless asked: the proxy listens on every interface
+    # whatever --host says, and this project exposes nothing by default.
+    grpc_port: int | None = None
 
     def __post_init__(self) -> None:
         if self.replicas != "auto" and (isinstance(self.replicas, bool) or not isinstance(self.replicas, int)):
@@ -179,6 +182,10 @@ class RayServeConfig:
         if self.max_replicas < self.min_replicas:
             raise ConfigError("ray.max_replicas", f"must be at least --min-replicas ({self.min_replicas}), "
                               f"got {self.max_replicas}")
+        _port("ray", "grpc_port", self.grpc_port)
+        if self.grpc_port == 0:
+            raise ConfigError("ray.grpc_port", "Serve's gRPC proxy needs a fixed port (every node's proxy listens "
+                              "on it), not 0")
         if self.gpus_per_replica > 1 and not float(self.gpus_per_replica).is_integer():
             raise ConfigError("ray.gpus_per_replica", "above 1 must be a whole number of GPUs (Ray's rule), "
                               f"got {self.gpus_per_replica:g}")

@@ -1,6 +1,7 @@
 """``embedrt serve ARTEFACT [ARTEFACT ...]``: gRPC (+ HTTP) with cross-request batching, one or more
 models (embedders and rerankers, each loaded as its manifest's task says) in one process; with
-``--ray [ADDRESS]``, HTTP from replicas of each model on a Ray cluster (``server/ray_serve.py``).
+``--ray [ADDRESS]``, HTTP (and gRPC with ``--grpc-port``) from replicas of each model on a Ray
+cluster (``server/ray_serve.py``).
 
 Every flag is also read from an ``EMBEDRT_*`` environment variable (``--max-batch-tokens`` from
 ``EMBEDRT_MAX_BATCH_TOKENS``; the artefacts from ``EMBEDRT_ARTEFACT``, comma-separated); a flag or
@@ -26,7 +27,7 @@ from ..errors import ConfigError, EmbedrtError
 
 _SECTIONS: dict[str, Any] = {"server": ServerConfig, "scheduler": SchedulerConfig, "batching": BatchingConfig,
                              "backend": BackendConfig, "ray": RayServeConfig}
-_GRPC_ONLY = ("grpc_port", "tls_cert", "tls_key", "reflection")  # flags (dest) that --ray has no use for
+_NO_TLS_ON_RAY = ("tls_cert", "tls_key")  # flags (dest) --ray refuses: Serve's gRPC proxy has no TLS
 _LOAD_DEFAULTS = {"backend": "auto", "precision": "auto"}  # Embedder.load arguments
 
 
@@ -90,7 +91,9 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("--host", ("server.host",), str, "address to bind; 0.0.0.0 or :: to expose beyond this machine"),
-    Option("--grpc-port", ("server.grpc_port",), int, "gRPC port (0: any free port)"),
+    Option("--grpc-port", ("server.grpc_port",), int,
+           "gRPC port (0: any free port); with --ray, Serve's gRPC proxy port, on every interface (no gRPC on Ray "
+           "without it)"),
     Option("--http-port", ("server.http_port",), int, "OpenAI-compatible HTTP port (0: no HTTP)", _http_port),
     Option("--tls-cert", ("server.tls_cert",), str, "PEM certificate for gRPC TLS (with --tls-key)"),
     Option("--tls-key", ("server.tls_key",), str, "PEM private key for gRPC TLS (with --tls-cert)"),
@@ -128,7 +131,8 @@ OPTIONS: tuple[Option, ...] = (
            "texts per embedding request, documents per rerank request"),
     Option("--tokenizer-threads", ("scheduler.tokenizer_threads",), int, "threads tokenizing requests"),
     Option("--ray", ("ray.address",), _ray_address,
-           "serve on Ray Serve: HTTP from replicas of each model across a Ray cluster (no gRPC); ADDRESS as "
+           "serve on Ray Serve: HTTP (and gRPC with --grpc-port) from replicas of each model across a Ray "
+           "cluster; ADDRESS as "
            "ray.init takes it: none = RAY_ADDRESS or the cluster started last on this machine or a new local one, "
            "auto, HOST:6379, ray://HOST:10001 (the artefacts must be paths every node reads)",
            lambda address: address or None, const=""),
@@ -177,13 +181,23 @@ def _check_mode(args: argparse.Namespace) -> bool:
         given = getattr(args, option.dest, None) is not None
         if given and not on_ray and option in _RAY_ONLY:
             raise EmbedrtError(f"{option.flag}: applies only with --ray (flag {option.flag} or {option.env})")
-        if given and on_ray and option.dest in _GRPC_ONLY:
-            raise EmbedrtError(f"{option.flag}: --ray serves HTTP only; leave out {option.flag} ({option.env}), or "
-                               "serve gRPC with embedrt serve without --ray")
-    if on_ray and getattr(args, "http_port", None) == 0:
-        raise EmbedrtError("--http-port 0: --ray serves HTTP only, so it needs a port (flag --http-port or "
-                           "EMBEDRT_HTTP_PORT)")
-    return on_ray
+        if given and on_ray and option.dest in _NO_TLS_ON_RAY:
+            raise EmbedrtError(f"{option.flag}: Serve's gRPC proxy has no TLS; leave out {option.flag} "
+                               f"({option.env}) and terminate TLS in front of it (a load balancer), or serve gRPC "
+                               "over TLS with embedrt serve without --ray")
+    if not on_ray:
+        return False
+    grpc_port = getattr(args, "grpc_port", None)
+    if grpc_port == 0:
+        raise EmbedrtError("--grpc-port 0: Serve's gRPC proxy needs a fixed port, the same on every node; give one "
+                           "(flag --grpc-port or EMBEDRT_GRPC_PORT)")
+    if grpc_port is None and getattr(args, "reflection", None) is not None:
+        raise EmbedrtError("--reflection: --ray serves gRPC only with --grpc-port; give one, or leave out "
+                           "--reflection (EMBEDRT_REFLECTION)")
+    if getattr(args, "http_port", None) == 0:
+        raise EmbedrtError("--http-port 0: Serve's HTTP proxy always runs with --ray, so it needs a port (flag "
+                           "--http-port or EMBEDRT_HTTP_PORT)")
+    return True
 
 
 def settings_from(args: argparse.Namespace) -> ServeSettings:
@@ -203,6 +217,8 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
                            f"(embedrt serve {args.ray} --ray) or give the address (--ray auto {args.ray})")
     if not artefacts:
         raise EmbedrtError("give the ARTEFACT directory, or several (or set EMBEDRT_ARTEFACT, comma-separated)")
+    if on_ray and "grpc_port" in values["server"]:
+        values["ray"]["grpc_port"] = values["server"]["grpc_port"]  # asked for: gRPC on Ray (off by default)
     try:  # every value is checked here, before a port is bound or the model is read
         ray = RayServeConfig(**values["ray"])
         if on_ray and "intra_op_threads" not in values["backend"]:
@@ -301,8 +317,9 @@ def _announce_ray(settings: ServeSettings, models: list[tuple[str, str, str, str
              else f"{ray.replicas} replica{'s' if ray.replicas != 1 else ''}")
     listed = ", ".join(f"{name}{' (rerank)' if task == 'rerank' else ''} on {backend} {precision}"
                        for name, task, backend, precision in models)
-    print(f"embedrt serve: ready: {listed}; {count} each on Ray Serve; HTTP http://{config.host}:{config.http_port}",
-          file=sys.stderr, flush=True)
+    grpc = f"; gRPC port {ray.grpc_port} (every interface)" if ray.grpc_port else ""
+    print(f"embedrt serve: ready: {listed}; {count} each on Ray Serve; HTTP http://{config.host}:{config.http_port}"
+          f"{grpc}", file=sys.stderr, flush=True)
 
 
 def _run_ray(settings: ServeSettings) -> int:
@@ -346,7 +363,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        "batching concurrent requests together; a request's `model` picks the artefact by "
                        "its name. Every flag can also be set with the EMBEDRT_* variable shown. "
                        "SIGTERM/SIGINT drain admitted requests within --grace, then exit 0. With --ray: "
-                       "replicas of each model on Ray Serve behind the same HTTP API (docs/ray.md).")
+                       "replicas of each model on Ray Serve behind the same HTTP API, and the same gRPC services "
+                       "with --grpc-port (docs/ray.md).")
     _add_arguments(p)
     _one_line_errors(p)
     p.set_defaults(run=_run)

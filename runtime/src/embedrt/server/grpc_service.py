@@ -3,7 +3,8 @@
 Two services: ``embedrt.v1.Embedder`` (Embed, EmbedStream, Info) and ``embedrt.v1.Reranker``
 (Rerank); a request's ``model`` picks the served model (``ServingState.route``). ``create_server``
 builds and binds a server (our services, standard health, reflection) without starting it, so
-callers and tests decide when and how it serves.
+callers and tests decide when and how it serves. The same handlers answer behind Ray Serve's gRPC
+proxy (``ray_grpc``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -23,8 +25,8 @@ from grpc_reflection.v1alpha import reflection
 
 from ..config import ServerConfig
 from ..core import EmbedRequest, EmbedResult, Ranking, RerankRequest
-from ..errors import ConfigError, InvalidInputError, OverloadedError, status_for
-from .state import Phase, ServedModel, ServingState, info_fields
+from ..errors import ConfigError, InvalidInputError, OverloadedError, RequestTooLargeError, status_for
+from .state import ModelEntry, Phase, ServedModel, ServingState, info_fields
 from .stubs import RERANKER_SERVICE_NAME, SERVICE_NAME, pb2
 
 _STREAM_WINDOW = 64  # requests one stream may have in flight; past it the stream is flow-controlled
@@ -36,6 +38,19 @@ class _Unparsable:
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
+
+
+class TooLarge:
+    """Stands in for a request over ``--max-message-bytes`` that the transport let through (Serve's gRPC
+    proxy takes up to 2 GiB), so it maps to RESOURCE_EXHAUSTED as gRPC's own limit does here."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size, self.limit = size, limit
+
+    def error(self) -> RequestTooLargeError:
+        return RequestTooLargeError(f"the request is {self.size} bytes, more than this server's limit of {self.limit} "
+                                    "(--max-message-bytes / EMBEDRT_MAX_MESSAGE_BYTES); send fewer or shorter inputs "
+                                    "per request")
 
 
 def _parser(message: Any) -> Any:
@@ -59,6 +74,8 @@ def _model(msg: Any) -> str | None:
 
 def to_request(msg: Any, context: grpc.aio.ServicerContext) -> EmbedRequest:
     """EmbedRequest proto -> plain request; the call's deadline becomes the core's deadline."""
+    if isinstance(msg, TooLarge):
+        raise msg.error()
     if isinstance(msg, _Unparsable):
         raise InvalidInputError(f"invalid `inputs`: every input must be valid UTF-8 text ({msg.reason})")
     return EmbedRequest(
@@ -74,6 +91,8 @@ def to_request(msg: Any, context: grpc.aio.ServicerContext) -> EmbedRequest:
 
 def to_rerank_request(msg: Any, context: grpc.aio.ServicerContext) -> RerankRequest:
     """RerankRequest proto -> plain request; the call's deadline becomes the core's deadline."""
+    if isinstance(msg, TooLarge):
+        raise msg.error()
     if isinstance(msg, _Unparsable):
         raise InvalidInputError(f"invalid request: the query and every document must be valid UTF-8 text "
                                 f"({msg.reason})")
@@ -103,8 +122,15 @@ def to_rerank_reply(ranking: Ranking, request: RerankRequest, model: str, docume
     return reply
 
 
+class Submitting(ModelEntry, Protocol):
+    """A served model a stream can submit to without waiting: ``ServedModel``, or on Ray Serve's gateway a
+    model deployment (``ray_serve.RemoteModel``, whose refusals come when the future is awaited)."""
+
+    def submit(self, request: Any) -> Future[Any] | asyncio.Future[Any]: ...
+
+
 class _Service:
-    def __init__(self, state: ServingState[ServedModel]) -> None:
+    def __init__(self, state: ServingState[Any]) -> None:  # of ServedModel, or of any ``Submitting``
         self.state = state
 
     async def _fail(self, context: grpc.aio.ServicerContext, exc: BaseException, started: float) -> None:
@@ -150,7 +176,7 @@ class EmbedderService(_Service):
 
         return await self._unary(context, answer)
 
-    async def _admit(self, request: EmbedRequest, served: ServedModel,
+    async def _admit(self, request: EmbedRequest, served: Submitting,
                      own: deque[asyncio.Future[EmbedResult]]) -> asyncio.Future[EmbedResult]:
         """Submit one request of a stream; while the server is full, wait instead of failing the stream.
 
@@ -175,7 +201,7 @@ class EmbedderService(_Service):
                     await asyncio.sleep(backoff if left is None else min(backoff, left))
                     backoff = min(backoff * 2, _RETRY_MAX)
 
-    async def _result(self, work: asyncio.Future[EmbedResult], request: EmbedRequest, served: ServedModel,
+    async def _result(self, work: asyncio.Future[EmbedResult], request: EmbedRequest, served: Submitting,
                       own: deque[asyncio.Future[EmbedResult]]) -> EmbedResult:
         """The stream's next result. A request refused after admission (``--max-queue-tokens`` is checked
         once it is tokenized) is submitted again after a short backoff instead of ending the stream;
@@ -239,10 +265,11 @@ class EmbedderService(_Service):
         return await self._unary(context, answer)
 
 
-def _handlers(state: ServingState[ServedModel]) -> tuple[grpc.GenericRpcHandler, ...]:
+def generic_handlers(embedder: Any, reranker: Any) -> tuple[grpc.GenericRpcHandler, ...]:
+    """One handler per service, calling ``embedder``'s Embed, EmbedStream, Info and ``reranker``'s Rerank
+    (also how Serve's gRPC proxy learns the methods and their parsing: ``ray_grpc``)."""
     # Registered by hand rather than with the generated add_*_to_server, only to parse requests
     # ourselves: protobuf rejects bad UTF-8 at parse time, which gRPC would report as INTERNAL.
-    embedder, reranker = EmbedderService(state), RerankerService(state)
     parse_embed, serialize = _parser(pb2.EmbedRequest), pb2.EmbedResponse.SerializeToString
     return (
         grpc.method_handlers_generic_handler(SERVICE_NAME, {
@@ -256,6 +283,10 @@ def _handlers(state: ServingState[ServedModel]) -> tuple[grpc.GenericRpcHandler,
                                                           pb2.RerankResponse.SerializeToString),
         }),
     )
+
+
+def _handlers(state: ServingState[ServedModel]) -> tuple[grpc.GenericRpcHandler, ...]:
+    return generic_handlers(EmbedderService(state), RerankerService(state))
 
 
 def _health(state: ServingState[ServedModel]) -> HealthServicer:
@@ -320,5 +351,5 @@ def create_server(state: ServingState[ServedModel], config: ServerConfig) -> tup
     return server, port
 
 
-__all__ = ["EmbedderService", "RerankerService", "create_server", "to_reply", "to_request", "to_rerank_reply",
-           "to_rerank_request"]
+__all__ = ["EmbedderService", "RerankerService", "Submitting", "TooLarge", "create_server", "generic_handlers",
+           "to_reply", "to_request", "to_rerank_reply", "to_rerank_request"]

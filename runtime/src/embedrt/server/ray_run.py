@@ -1,11 +1,13 @@
 """``embedrt serve --ray``: run the Ray Serve application (``ray_serve``) until SIGTERM or SIGINT.
 
-Connect to (or start) Ray, start Serve's HTTP proxy on ``--host`` / ``--http-port``, deploy the
-application and wait until every replica is up (loaded and warmed up); print the ready line; on
-SIGTERM / SIGINT delete the application (Serve stops routing to it, and each replica finishes what
-it holds within ``--grace``) and disconnect, which also stops a Ray instance this command started.
-On a cluster that was already running, Serve itself (controller, proxies) stays up for other
-applications, and so do its HTTP options: Serve takes them when it first starts on a cluster.
+Connect to (or start) Ray, start Serve's HTTP proxy on ``--host`` / ``--http-port`` (and with
+``--grpc-port``, its gRPC proxy with our services: ``ray_grpc``), deploy the application and wait
+until every replica is up (loaded and warmed up); print the ready line; on SIGTERM / SIGINT delete
+the application (Serve stops routing to it, and each replica finishes what it holds within
+``--grace``) and disconnect, which also stops a Ray instance this command started. On a cluster
+that was already running, Serve itself (controller, proxies) stays up for other applications, and
+so do its HTTP and gRPC options: Serve takes them when it first starts on a cluster (a running
+Serve without our gRPC services on ``--grpc-port`` is refused before anything is deployed).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import ray
 from ray import serve
 
 from ..config import RayServeConfig, ServerConfig
+from ..errors import EmbedrtError
+from .ray_grpc import SERVICER_FUNCTIONS, grpc_options
 from .ray_serve import APP_NAME
 
 log = logging.getLogger(__name__)
@@ -30,7 +34,7 @@ def serve_on_ray(app: serve.Application, config: RayServeConfig, server: ServerC
     """Deploy ``app`` and serve it until a signal; ``announce`` gets each model's (name, task, backend,
     precision) once every replica is ready. A signal while starting stops the start."""
     stop = threading.Event()
-    deployed = False
+    deploying = deployed = False
 
     def on_signal(signum: int, frame: Any) -> None:
         stop.set()
@@ -44,7 +48,15 @@ def serve_on_ray(app: serve.Application, config: RayServeConfig, server: ServerC
         try:
             # Serve's own logs (controller, proxy, replicas) at this process's level (EMBEDRT_LOG_LEVEL)
             quiet = {"log_level": logging.getLevelName(logging.getLogger().getEffectiveLevel())}
-            serve.start(http_options={"host": server.host, "port": server.http_port}, logging_config=quiet)
+            grpc = grpc_options(config.grpc_port, server.reflection) if config.grpc_port else None
+            serve.start(http_options={"host": server.host, "port": server.http_port}, grpc_options=grpc,
+                        logging_config=quiet)
+            if config.grpc_port:
+                check_grpc(config.grpc_port)
+                if server.host in ("127.0.0.1", "localhost", "::1"):
+                    log.warning("Serve's gRPC proxy listens on port %d of every interface, not only on --host %s "
+                                "(it has no host option)", config.grpc_port, server.host)
+            deploying = True
             handle = serve.run(app, name=APP_NAME, route_prefix="/", logging_config=quiet)
             deployed = True
             announce(handle.models.remote().result())
@@ -55,11 +67,30 @@ def serve_on_ray(app: serve.Application, config: RayServeConfig, server: ServerC
         finally:
             for sig in previous:  # a second Ctrl-C must not cut the drain short
                 signal.signal(sig, signal.SIG_IGN)
-            _delete()
+            if deploying:  # not before: an application of that name on the cluster may be another's
+                _delete()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         ray.shutdown()
+
+
+def check_grpc(port: int) -> None:
+    """EmbedrtError unless Serve's proxies serve our services on ``port``: on a cluster where Serve was
+    already running, its own gRPC options stay (Serve takes them when it first starts)."""
+    try:  # no public API tells a running Serve's gRPC options: ask its controller
+        client: Any = serve.context._get_global_client()
+        running: Any = ray.get(client._controller.get_grpc_config.remote())
+        served_port, functions = int(running.port), list(running.grpc_servicer_functions)
+    except Exception as exc:  # a Ray whose internals moved: say so, and let clients find out
+        log.warning("could not check Serve's gRPC options (%s); gRPC may not be served on port %d", exc, port)
+        return
+    if served_port == port and set(SERVICER_FUNCTIONS) <= set(functions):
+        return
+    now = f"on port {served_port} for {functions}" if functions and served_port > 0 else "off"
+    raise EmbedrtError(f"--grpc-port {port}: Serve already runs on this cluster with gRPC {now}, and keeps the "
+                       "options it started with; stop it (serve shutdown, which stops every application on it) "
+                       "and run this again, or leave out --grpc-port")
 
 
 def _delete() -> None:
@@ -69,4 +100,4 @@ def _delete() -> None:
         log.warning("could not delete the Serve application %s: %s", APP_NAME, exc)
 
 
-__all__ = ["serve_on_ray"]
+__all__ = ["check_grpc", "serve_on_ray"]

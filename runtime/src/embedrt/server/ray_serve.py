@@ -14,14 +14,15 @@ once and runs it behind its own core (``TaskScheduler``), which merges the reque
 that replica (up to ``max_ongoing_requests`` at once) into shared backend calls, as in ``embedrt
 serve``. Replicas are fixed or autoscaled on ongoing requests, and take ``num_cpus`` / ``num_gpus``
 (a fraction shares a GPU). Each replica also serves ``embedrt serve``'s HTTP app (``create_app``:
-body limits, parsing, the error mapping and shape) over its own model:
+body limits, parsing, the error mapping and shape) over its own model, and its gRPC services where
+Serve's gRPC proxy is started with them (``ray_grpc``):
 
 - one artefact: the model's replicas are the application's ingress; Serve's proxy hands each HTTP
-  request straight to a replica (no hop between processes: about 1.5x the requests/s of the
-  gateway on a 2-core machine, docs/ray.md);
-- several: a ``Gateway`` deployment is the ingress, the same HTTP app over a ``ServingState`` whose
-  models are handles to the model deployments (``RemoteModel``), so a request's ``model`` picks
-  its deployment as it picks a model in ``embedrt serve``.
+  request (and gRPC call) straight to a replica (no hop between processes: about 1.5x the
+  requests/s of the gateway on a 2-core machine, docs/ray.md);
+- several: a ``Gateway`` deployment is the ingress, the same HTTP app and gRPC services over a
+  ``ServingState`` whose models are handles to the model deployments (``RemoteModel``), so a
+  request's ``model`` picks its deployment as it picks a model in ``embedrt serve``.
 
 Behind the gateway a client's error (``EmbedrtError``) comes back from a replica as a value
 (``Refused``), not as a raised exception, so it costs no traceback and keeps its type and field;
@@ -55,6 +56,7 @@ from ..manifest import load_manifest
 from ..reranker import Reranker
 from .http_app import create_app
 from .metrics import ServerMetrics
+from .ray_grpc import GrpcIngress
 from .state import ServedModel, ServingState, Task, check_unique_names, serve_model
 
 APP_NAME = "embedrt"  # the Serve application `embedrt serve --ray` runs (and deletes on exit)
@@ -142,8 +144,9 @@ class ModelReplica:
 
 
 @serve.ingress()
-class ModelIngress(ModelReplica):
-    """A ``ModelReplica`` that is also the application's HTTP ingress: an application of one model.
+class ModelIngress(GrpcIngress, ModelReplica):
+    """A ``ModelReplica`` that is also the application's ingress (HTTP, and gRPC: ``GrpcIngress``): an
+    application of one model.
 
     (Serve allows one ingress per application, hence a class of its own.)"""
 
@@ -166,6 +169,11 @@ class RemoteModel:
     def info(self) -> ModelInfo | RerankerInfo:
         return self.described
 
+    def submit(self, request: Any) -> asyncio.Future[Any]:
+        """``run`` as a task, for a stream (``EmbedStream``) that keeps several requests in flight; a
+        refusal (overload) comes when it is awaited, and the stream then submits it again."""
+        return asyncio.ensure_future(self.run(request))
+
     async def run(self, request: Any) -> Any:
         try:
             outcome = await self.handle.run.remote(request)
@@ -183,11 +191,11 @@ class RemoteModel:
 
 
 @serve.ingress()
-class Gateway:
-    """The HTTP ingress: ``embedrt serve``'s HTTP app over the model deployments."""
+class Gateway(GrpcIngress):
+    """The ingress: ``embedrt serve``'s HTTP app and gRPC services (``GrpcIngress``) over the model deployments."""
 
-    def __init__(self, models: Sequence[DeploymentHandle], config: ServerConfig) -> None:
-        self.handles, self.config = list(models), config
+    def __init__(self, models: Sequence[DeploymentHandle], server: ServerConfig) -> None:
+        self.handles, self.server = list(models), server
         self.state: ServingState[RemoteModel] = ServingState(ServerMetrics())
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
@@ -195,7 +203,7 @@ class Gateway:
         described = await asyncio.gather(*(handle.describe.remote() for handle in self.handles))
         await self.state.loaded([RemoteModel(name, task, info, handle)
                                  for (name, task, info), handle in zip(described, self.handles, strict=True)])
-        return create_app(self.state, self.config)
+        return create_app(self.state, self.server)
 
     def models(self) -> list[tuple[str, Task, str, str]]:
         """(name, task, backend, precision) of each model, for the ready line of ``embedrt serve --ray``."""
@@ -226,8 +234,9 @@ def build_app(artefacts: Sequence[str | Path], config: RayServeConfig | None = N
     is one, else behind one ``Gateway``.
 
     ``artefacts`` must be paths every Ray node can read (a shared filesystem): each replica loads its
-    model from there. ``server`` gives the HTTP app's limits (``max_message_bytes``,
-    ``body_timeout_s``); where Serve listens is Serve's ``http_options`` (``serve.start``).
+    model from there. ``server`` gives the limits (``max_message_bytes``, ``body_timeout_s``); where
+    Serve listens is Serve's ``http_options`` and ``grpc_options`` (``serve.start``; for gRPC,
+    ``ray_grpc.grpc_options``).
     """
     config = config or RayServeConfig()
     options = options or ModelOptions()
