@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import re
 import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -128,3 +133,33 @@ def test_an_s3_url(s3: str, qwen3_artefact: Path, qwen3: Embedder, cache: Path,
         np.testing.assert_array_equal(embedder.embed_documents(TEXTS), qwen3.embed_documents(TEXTS))
     with pytest.raises(ArtefactError, match=r"s3://models/engines/nothing.* has no manifest\.json"):
         Embedder.load(f"s3://models/engines/nothing?{s3}")
+
+
+def test_embedrt_serve_takes_a_url(remote: Path, cache: Path, qwen3: Embedder) -> None:
+    """The command as users run it, its artefact a URL: fetched before it reports ready, then served."""
+    import grpc
+
+    from embedrt.server import pb2, pb2_grpc
+
+    command = [sys.executable, "-m", "embedrt.cli", "serve", remote.as_uri(), "--grpc-port", "0", "--http-port", "0"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "EMBEDRT_CACHE": str(cache.parent), "EMBEDRT_LOG_LEVEL": "WARNING"})
+    try:
+        port, deadline, seen = None, time.monotonic() + 60, []
+        assert process.stderr is not None
+        while port is None and time.monotonic() < deadline:
+            line = process.stderr.readline()
+            if not line:
+                break
+            seen.append(line)
+            found = re.search(r"ready: .* gRPC 127\.0\.0\.1:(\d+)", line)
+            port = int(found.group(1)) if found else None
+        assert port, f"the server never reported ready: {''.join(seen)}"
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            reply = pb2_grpc.EmbedderStub(channel).Embed(pb2.EmbedRequest(inputs=TEXTS[:3]), timeout=30)
+        got = np.array([e.values for e in reply.embeddings], dtype=np.float32)
+        np.testing.assert_allclose(got, qwen3.embed(TEXTS[:3]), atol=1e-6)
+        assert [p.name[:11] for p in cache.iterdir()] == ["tiny-qwen3-"]
+    finally:
+        process.terminate()
+        process.wait(30)

@@ -134,7 +134,7 @@ OPTIONS: tuple[Option, ...] = (
            "serve on Ray Serve: HTTP (and gRPC with --grpc-port) from replicas of each model across a Ray "
            "cluster; ADDRESS as "
            "ray.init takes it: none = RAY_ADDRESS or the cluster started last on this machine or a new local one, "
-           "auto, HOST:6379, ray://HOST:10001 (the artefacts must be paths every node reads)",
+           "auto, HOST:6379, ray://HOST:10001 (the artefacts must be paths every node reads, or URLs each fetches)",
            lambda address: address or None, const=""),
     Option("--replicas", ("ray.replicas",), _replicas,
            "--ray: replicas of each model, or auto (between --min-replicas and --max-replicas, on ongoing requests)"),
@@ -291,7 +291,7 @@ def _loaders(settings: ServeSettings) -> list[Callable[[], Any]]:
     from ..reranker import Reranker
     from ..server.state import check_unique_names
 
-    manifests = [(path, load_manifest(Path(path))) for path in settings.artefacts]
+    manifests = [(path, load_manifest(path)) for path in settings.artefacts]  # a URL's is read from there
     check_unique_names((m.name, path) for path, m in manifests)
 
     def loader(path: str, kind: type[Embedder] | type[Reranker]) -> Callable[[], Any]:
@@ -372,7 +372,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("artefact", nargs="*", default=os.environ.get("EMBEDRT_ARTEFACT"), metavar="ARTEFACT",
-                   help="artefact directories written by `embedrt export` [EMBEDRT_ARTEFACT, comma-separated]")
+                   help="artefact directories written by `embedrt export`, or their URLs (s3://..., copied into "
+                   "EMBEDRT_CACHE) [EMBEDRT_ARTEFACT, comma-separated]")
     for option in OPTIONS:
         env = os.environ.get(option.env)
         # argparse converts string defaults with `type`, so a bad variable fails like a bad flag.

@@ -53,6 +53,7 @@ from ..embedder import Embedder
 from ..errors import BackendError, EmbedrtError, OverloadedError, UnavailableError
 from ..info import ModelInfo, RerankerInfo
 from ..manifest import load_manifest
+from ..remote import absolute
 from ..reranker import Reranker
 from .http_app import create_app
 from .metrics import ServerMetrics
@@ -95,7 +96,7 @@ class Refused:
 
 def load_model(artefact: str, options: ModelOptions) -> Embedder | Reranker:
     """The artefact as its manifest's task says (what ``embedrt serve`` loads), with ``options``."""
-    kind = Reranker if load_manifest(Path(artefact)).task == "rerank" else Embedder
+    kind = Reranker if load_manifest(artefact).task == "rerank" else Embedder
     return kind.load(artefact, options.backend, precision=options.precision, batching=options.batching,
                      backend_config=options.backend_config or BackendConfig())
 
@@ -233,8 +234,8 @@ def build_app(artefacts: Sequence[str | Path], config: RayServeConfig | None = N
     """The Serve application: a ``ModelReplica`` deployment per artefact, the ingress itself when there
     is one, else behind one ``Gateway``.
 
-    ``artefacts`` must be paths every Ray node can read (a shared filesystem): each replica loads its
-    model from there. ``server`` gives the limits (``max_message_bytes``, ``body_timeout_s``); where
+    ``artefacts`` must be paths every Ray node can read (a shared filesystem), or URLs each can fetch
+    (``remote.py``): each replica loads its model from there. ``server`` gives the limits (``max_message_bytes``, ``body_timeout_s``); where
     Serve listens is Serve's ``http_options`` and ``grpc_options`` (``serve.start``; for gRPC,
     ``ray_grpc.grpc_options``).
     """
@@ -242,10 +243,10 @@ def build_app(artefacts: Sequence[str | Path], config: RayServeConfig | None = N
     options = options or ModelOptions()
     if options.backend_config is None:
         options = dataclasses.replace(options, backend_config=BackendConfig(intra_op_threads=config.threads))
-    paths = [str(Path(a).resolve()) for a in artefacts]
+    paths = [absolute(a) for a in artefacts]  # a URL as it is: each replica fetches its node's copy
     if not paths:
         raise EmbedrtError("give at least one artefact directory")
-    names = [(load_manifest(Path(p)).name, p) for p in paths]
+    names = [(load_manifest(p).name, p) for p in paths]
     check_unique_names(names)
     server = server or ServerConfig()
     kind = ModelIngress if len(names) == 1 else ModelReplica
