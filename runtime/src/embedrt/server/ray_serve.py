@@ -235,9 +235,9 @@ def build_app(artefacts: Sequence[str | Path], config: RayServeConfig | None = N
     is one, else behind one ``Gateway``.
 
     ``artefacts`` must be paths every Ray node can read (a shared filesystem), or URLs each can fetch
-    (``remote.py``): each replica loads its model from there. ``server`` gives the limits (``max_message_bytes``, ``body_timeout_s``); where
-    Serve listens is Serve's ``http_options`` and ``grpc_options`` (``serve.start``; for gRPC,
-    ``ray_grpc.grpc_options``).
+    (``remote.py``): each replica loads its model from there. ``server`` gives the limits
+    (``max_message_bytes``, ``body_timeout_s``); where Serve listens is Serve's ``http_options`` and
+    ``grpc_options`` (``serve.start``; for gRPC, ``ray_grpc.grpc_options``).
     """
     config = config or RayServeConfig()
     options = options or ModelOptions()
