@@ -44,6 +44,11 @@ def generate(out: Path = OUT) -> Path:
             # protoc writes absolute imports from the .proto's package (`from embedrt.v1 import ...`),
             # which would resolve against the runtime package; the stubs live side by side: import relatively.
             text = text.replace("from embedrt.v1 import embedding_pb2", "from . import embedding_pb2")
+            # ... and names the messages' module after the .proto (embedrt.v1.embedding_pb2), which does not
+            # exist, so pickle (Ray Serve's proxy hands requests to replicas pickled) could not find the
+            # classes: name the module they are in. The descriptor pool still knows the file as PROTO.
+            text = text.replace("BuildTopDescriptorsAndMessages(DESCRIPTOR, 'embedrt.v1.embedding_pb2', _globals)",
+                                "BuildTopDescriptorsAndMessages(DESCRIPTOR, __name__, _globals)")
             (out / path.name).write_text(header + text if path.suffix == ".py" else text)
         (out / "__init__.py").write_text(header)
     return out

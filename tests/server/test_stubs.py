@@ -51,3 +51,14 @@ def test_stubs_import_without_writing(tmp_path: Path) -> None:
     assert out.stdout.strip() == "embedrt.v1.Embedder"
     after = {p: p.stat().st_mtime_ns for p in GENERATED.parent.rglob("*") if "__pycache__" not in p.parts}
     assert after == before
+
+
+def test_messages_pickle_by_their_real_module() -> None:
+    """Ray Serve's gRPC proxy pickles each request for its replica: the classes must be found where they are."""
+    import pickle
+
+    from embedrt.server import pb2
+
+    request = pb2.EmbedRequest(inputs=["a", "b"], model="m", dimensions=32)
+    assert type(request).__module__ == pb2.__name__
+    assert pickle.loads(pickle.dumps(request)) == request

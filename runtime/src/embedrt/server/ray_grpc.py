@@ -17,7 +17,6 @@ This module is imported by Serve's proxies (``grpc_servicer_functions``), so it 
 
 from __future__ import annotations
 
-import copyreg
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn
 
@@ -43,21 +42,6 @@ def add_services_to_server(servicer: Any, server: grpc.aio.Server) -> None:
 def grpc_options(port: int, reflection: bool = True) -> dict[str, Any]:
     """``serve.start``'s ``grpc_options`` for our services on ``port`` (every interface, every proxy)."""
     return {"port": port, "grpc_servicer_functions": list(SERVICER_FUNCTIONS), "enable_reflection": reflection}
-
-
-# The proxy pickles each request for its replica. Our generated classes name their module after the
-# .proto (embedrt.v1.embedding_pb2), which does not exist, so pickle would fail to find them:
-# they travel as their bytes instead.
-def _message(name: str, data: bytes) -> Any:
-    return getattr(pb2, name).FromString(data)
-
-
-def _reduce(message: Any) -> tuple[Callable[[str, bytes], Any], tuple[str, bytes]]:
-    return _message, (type(message).__name__, message.SerializeToString())
-
-
-for _name in pb2.DESCRIPTOR.message_types_by_name:
-    copyreg.pickle(getattr(pb2, _name), _reduce)
 
 
 class Aborted(Exception):
