@@ -60,9 +60,15 @@ TWO_ACTORS = RayOptions(actors=2, cpus_per_actor=1)
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[None]:
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the workers copy artefacts given by URL (``EMBEDRT_CACHE``), this module's own."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def cluster(cache: Path) -> Iterator[None]:
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
-             runtime_env={"env_vars": {"PYTHONPATH": SOURCES}})
+             runtime_env={"env_vars": {"PYTHONPATH": SOURCES, "EMBEDRT_CACHE": str(cache)}})
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
         yield
@@ -70,7 +76,7 @@ def cluster() -> Iterator[None]:
         ray.shutdown()
 
 
-def _options(artefact: Path, inputs: list[Path], output: Path, **kw: Any) -> BulkOptions:
+def _options(artefact: Path | str, inputs: list[Path], output: Path, **kw: Any) -> BulkOptions:
     base = BulkOptions(artefact=artefact, inputs=tuple(str(i) for i in inputs), output=output, shard_size=10,
                        window=4, progress=False)
     return replace(base, **kw)
@@ -228,6 +234,21 @@ def test_a_killed_actor_loses_and_duplicates_no_rows(cluster: None, qwen3_artefa
     assert all(a["NumRestarts"] >= 1 and a["Pid"] not in killed for a in later)  # started again, new processes
     assert table_of(on_ray)[0] == list(range(1200))
     same_run(on_ray, local)
+
+
+def test_an_artefact_url_on_ray(cluster: None, cache: Path, qwen3_artefact: Path, tmp_path: Path,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given a URL, the driver reads only the manifest and each actor fetches a copy: the local shards."""
+    monkeypatch.setenv("EMBEDRT_CACHE", str(tmp_path / "driver-cache"))
+    inputs = write_corpus(tmp_path / "in", TEXTS)
+    url = qwen3_artefact.as_uri()
+    run(_options(qwen3_artefact, inputs, tmp_path / "local"))
+    record = run(_options(url, inputs, tmp_path / "ray", ray=TWO_ACTORS))
+    assert record.settings["artefact"] == url and record.complete
+    assert [s["sha256"] for s in record_of(tmp_path / "ray")["shards"]] == \
+        [s["sha256"] for s in record_of(tmp_path / "local")["shards"]]
+    assert [p.name[:11] for p in (cache / "artefacts").iterdir()] == ["tiny-qwen3-"]  # the actors' one copy
+    assert not (tmp_path / "driver-cache").exists()  # the driver fetched nothing
 
 
 def test_a_worker_that_cannot_load_the_model_says_where(cluster: None, tmp_path: Path) -> None:
