@@ -140,11 +140,17 @@ def test_deployment_options_follow_the_flags() -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[int]:
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where replicas copy artefacts given by URL (``EMBEDRT_CACHE``), this module's own."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def cluster(cache: Path) -> Iterator[int]:
     """A local Ray of 2 CPUs with Serve's proxy on a free loopback port; everything stopped at the end."""
     port = _free_port()
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
-             runtime_env={"env_vars": {"PYTHONPATH": SOURCES}})
+             runtime_env={"env_vars": {"PYTHONPATH": SOURCES, "EMBEDRT_CACHE": str(cache)}})
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         yield port
@@ -293,7 +299,10 @@ def test_a_replica_killed_under_load_is_replaced_and_no_answer_is_wrong(replicas
             if victim not in now and len(now) == 2 and _running(APP, name) == 2:
                 replaced = time.monotonic()
             time.sleep(0.25)
-        time.sleep(1.5)  # keep the load on the new replica too
+        deadline = time.monotonic() + 15  # keep the load on until answers come after the replacement too
+        while replaced is not None and time.monotonic() < deadline and \
+                sum(1 for _, status, when, _ in list(answers) if status == 200 and when > replaced) <= 10:
+            time.sleep(0.25)
     finally:
         stop.set()
         for t in threads:
@@ -305,7 +314,7 @@ def test_a_replica_killed_under_load_is_replaced_and_no_answer_is_wrong(replicas
     failed = {status for _, status, _, _ in answers if status != 200}
     assert failed <= {0, 500, 502, 503, 504}, seen  # a lost request may fail, never with a client error
     for k, vector in ok:  # no answer 200 carries another request's or a wrong vector
-        np.testing.assert_allclose(vector, want[k], atol=1e-6)
+        np.testing.assert_allclose(vector, want[k], atol=1e-6, err_msg=f"text {k}; {seen}")
     assert sum(1 for _, status, when, _ in answers if status == 200 and when < killed) > 5, seen
     assert sum(1 for _, status, when, _ in answers if status == 200 and when > replaced) > 5, seen
 
@@ -314,13 +323,16 @@ def test_a_replica_killed_under_load_is_replaced_and_no_answer_is_wrong(replicas
 
 
 @pytest.fixture(scope="module")
-def several(cluster: int, replicas: httpx.Client, artefact: Path, reranker_artefact: Path) -> Iterator[str]:
+def several(cluster: int, replicas: httpx.Client, artefact: Path, reranker_artefact: Path,
+            cache: Path) -> Iterator[str]:
     """An embedder and a reranker, one replica each (a quarter CPU), behind the gateway at /multi; each
-    replica takes one request at a time, and two more may wait for it (so overload is easy to reach)."""
+    replica takes one request at a time, and two more may wait for it (so overload is easy to reach).
+    The embedder is given by URL: its replica fetches a copy into the cache."""
     # Built as `serve run embedrt.server.ray_serve:app_builder ...` or a Serve config file would: from flags.
-    args = {"artefact": [str(artefact), str(reranker_artefact)], "replicas": 1, "cpus_per_replica": 0.25,
+    args = {"artefact": [artefact.as_uri(), str(reranker_artefact)], "replicas": 1, "cpus_per_replica": 0.25,
             "max-ongoing-requests": 1, "max-queue": 2, "max-inputs": MAX_INPUTS, "max-message-bytes": MAX_MESSAGE_BYTES}
     serve.run(app_builder(args), name=MULTI, route_prefix="/multi")
+    assert [p.name.startswith(artefact.name) for p in (cache / "artefacts").iterdir()] == [True]
     yield "/multi"
     serve.delete(MULTI)
 
