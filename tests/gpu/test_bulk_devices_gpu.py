@@ -19,23 +19,9 @@ from embedrt import Embedder
 from embedrt.bulk import RECORD, BulkOptions, run
 from embedrt.config import BackendConfig
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("ort_cuda")]
 
 TEXTS = [f"passage {i}: " + "the quick brown fox jumps over the lazy dog " * (1 + i % 9) for i in range(600)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _cuda_provider() -> None:
-    from embedrt.backends import cuda
-    from embedrt.backends.onnxruntime import cuda_available
-    from embedrt.errors import BackendError
-
-    try:
-        cuda.gpu_info(0)
-    except BackendError as exc:
-        pytest.skip(f"no usable NVIDIA GPU here: {exc}")
-    if not cuda_available():
-        pytest.skip("this onnxruntime has no CUDA execution provider (pip install onnxruntime-gpu)")
 
 
 def _job(artefact: Path, src: Path, out: Path, devices: tuple[int, ...]) -> dict:

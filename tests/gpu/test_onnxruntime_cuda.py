@@ -14,25 +14,11 @@ import pytest
 from embedrt import Embedder
 from embedrt.config import BackendConfig
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("ort_cuda")]
 
 TEXTS = ["The cat sat on the mat.", "a", "", "def f(x):\n    return x * 2",
          "Der schnelle braune Fuchs springt über den faulen Hund. " * 6, "emoji 🚀 and CJK 日本語"]
 CUDA = BackendConfig(device="cuda")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _cuda_provider() -> None:
-    from embedrt.backends import cuda
-    from embedrt.backends.onnxruntime import cuda_available
-    from embedrt.errors import BackendError
-
-    try:
-        cuda.gpu_info(0)
-    except BackendError as exc:
-        pytest.skip(f"no usable NVIDIA GPU here: {exc}")
-    if not cuda_available():
-        pytest.skip("this onnxruntime has no CUDA execution provider (pip install onnxruntime-gpu)")
 
 
 @pytest.mark.parametrize("precision, threshold", [("fp32", 0.99999), ("fp16", 0.999)])
