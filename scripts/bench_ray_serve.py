@@ -13,7 +13,9 @@ each sending one text per request to POST /v1/embeddings. Variants, one fresh ap
   no merging   the core with --max-batch-requests 1: every request its own backend call
   gateway      the core, behind the gateway an application of several models has (one hop more)
 
-plus, for reference, plain ``embedrt serve`` (one process, no Ray) on the same machine.
+plus, for reference, plain ``embedrt serve`` (one process, no Ray) on the same machine; and the
+shipped replicas again over gRPC (Serve's gRPC proxy, ``--grpc-port``), next to plain ``embedrt
+serve`` over gRPC, with as many gRPC clients (``Embed``, one text per call; ``--no-grpc`` leaves them out).
 Writes the "ray-serve" section of docs/benchmarks.md unless --no-docs.
 """
 
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from bench_server import Load, Server, _run_http, ensure_artefact, free_port, make_texts, word_range
+from bench_server import Load, Server, _run_grpc, _run_http, ensure_artefact, free_port, make_texts, word_range
 from benchdocs import cpu_name, markers, write_section
 from ray import serve
 
@@ -39,11 +41,13 @@ from embedrt.config import BackendConfig, RayServeConfig, SchedulerConfig, Serve
 from embedrt.errors import EmbedrtError
 from embedrt.heads import Prepared
 from embedrt.server import ray_serve
+from embedrt.server.ray_grpc import grpc_options
 from embedrt.server.ray_serve import Gateway, ModelIngress, ModelOptions, ModelReplica, Refused, replica_options
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH_WAIT_S = SchedulerConfig().max_wait_us / 1e6
 PORT = free_port()
+GRPC_PORT = free_port()
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,7 @@ class RayApp:
                  gateway: bool = False) -> None:
         self.artefact, self.replicas, self.replica, self.options = artefact, replicas, replica, options
         self.gateway = gateway
-        self.http_port = PORT
+        self.http_port, self.grpc_port = PORT, GRPC_PORT
 
     def __enter__(self) -> RayApp:
         config = RayServeConfig(replicas=self.replicas)
@@ -122,16 +126,18 @@ class RayApp:
         serve.delete("bench")
 
 
-def measure(target: Any, texts: list[str], clients: int, rounds: int) -> list[float]:
-    """Requests per second of each round (after a warm-up round inside _run_http)."""
-    return [len(texts) / asyncio.run(_run_http(target, texts, clients))[0] for _ in range(rounds)]
+def measure(target: Any, texts: list[str], clients: int, rounds: int, grpc: bool = False) -> list[float]:
+    """Requests per second of each round (after a warm-up round inside _run_http / _run_grpc)."""
+    run = _run_grpc if grpc else _run_http
+    return [len(texts) / asyncio.run(run(target, texts, clients))[0] for _ in range(rounds)]
 
 
 def render(rows: list[tuple[str, list[float]]], args: argparse.Namespace, load: tuple[float, float]) -> str:
     begin, end = markers("ray-serve")
     lines = [begin, "## Ray Serve replicas (`scripts/bench_ray_serve.py`)", "",
              f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, Ray {ray.__version__}; "
-             f"the tiny random Qwen3 of the tests; {args.clients} concurrent HTTP clients, one text of "
+             f"the tiny random Qwen3 of the tests; {args.clients} concurrent clients (HTTP, or gRPC where the "
+             "row says), one text of "
              f"{args.words} words per request, {args.requests} requests a round, {args.rounds} rounds; clients, "
              "Ray, Serve's proxy and the replicas on the same machine; load average (1 min) "
              f"{load[0]:.1f} before, {load[1]:.1f} after (other jobs may share the machine).", "",
@@ -152,6 +158,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--words", default="5-20")
     parser.add_argument("--no-docs", action="store_true")
+    parser.add_argument("--no-grpc", dest="grpc", action="store_false", help="leave out the gRPC rows")
     args = parser.parse_args()
     artefact = ensure_artefact(args.artefact).resolve()
     texts = make_texts(args.requests, word_range(args.words))
@@ -159,11 +166,15 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     with Server(artefact, [], Load(backend="onnxruntime", precision="fp32")) as single:
         rows.append(("embedrt serve (no Ray, reference)", measure(single, texts, args.clients, args.rounds)))
+        if args.grpc:
+            rows.append(("embedrt serve over gRPC (no Ray, reference)",
+                         measure(single, texts, args.clients, args.rounds, grpc=True)))
     source = str(ROOT / "runtime" / "src")
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING",
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([source, os.environ.get("PYTHONPATH", "")])}})
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+        serve.start(http_options={"host": "127.0.0.1", "port": PORT},
+                    grpc_options=grpc_options(GRPC_PORT) if args.grpc else None)
         base = ModelOptions(backend="onnxruntime", precision="fp32")
         single = ModelOptions(backend="onnxruntime", precision="fp32",
                               scheduler=SchedulerConfig(max_batch_requests=1))
@@ -174,7 +185,10 @@ def main() -> int:
         for name, replica, options, gateway in variants:
             with RayApp(artefact, args.replicas, replica, options, gateway) as app:
                 rows.append((name, measure(app, texts, args.clients, args.rounds)))
-            print(f"{name}: {rows[-1][1]}", file=sys.stderr)
+                print(f"{name}: {rows[-1][1]}", file=sys.stderr)
+                if args.grpc and replica is ModelIngress and options is base:
+                    rows.append((f"{name}, over gRPC", measure(app, texts, args.clients, args.rounds, grpc=True)))
+                    print(f"{rows[-1][0]}: {rows[-1][1]}", file=sys.stderr)
     finally:
         serve.shutdown()
         ray.shutdown()
