@@ -88,3 +88,12 @@ def test_ray_without_ray_says_what_to_install(artefact: Path, tmp_path: Path) ->
 def _embed(artefact: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "embedrt.cli", "embed", str(artefact), *args],
                           capture_output=True, text=True, timeout=120)
+
+
+def test_an_artefact_url_without_pyarrow_says_what_to_install(artefact: Path) -> None:
+    url = artefact.resolve().as_uri()
+    result = subprocess.run([sys.executable, "-m", "embedrt.cli", "embed", url, "hello"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr == (f"embedrt embed: error: an artefact URL ({url}) needs pyarrow's file systems: "
+                             "pip install 'embedrt[bulk]', or give a local path\n")
