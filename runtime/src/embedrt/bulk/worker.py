@@ -31,7 +31,7 @@ from .shards import write_shard
 class WorkerSpec:
     """How every worker loads and runs the model (pickled once per worker)."""
 
-    artefact: str  # a path every worker can read (on a Ray cluster: every node)
+    artefact: str  # a path every worker can read (on a Ray cluster: every node), or a URL each fetches
     backend: str = "auto"
     precision: str = "auto"
     attention: str = "auto"

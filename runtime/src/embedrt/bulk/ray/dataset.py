@@ -1,9 +1,9 @@
 """``embed_dataset``: a Ray Data ``Dataset`` of texts in, a ``Dataset`` of ``id`` and ``embedding`` out.
 
 Built on ``map_batches`` with a class-based UDF (``worker.EmbedBatches``): each actor of Ray Data's
-pool holds one ``Embedder``, loaded once from a path every node can read. Actors reserve one GPU each
-where the cluster has GPUs, else CPUs whose count is also their ONNX Runtime threads
-(``cluster.plan_actors``); Ray Data retries the batches of an actor that dies (its actor pools run
+pool holds one ``Embedder``, loaded once from a path every node can read or a URL each fetches.
+Actors reserve one GPU each where the cluster has GPUs, else CPUs whose count is also their ONNX
+Runtime threads (``cluster.plan_actors``); Ray Data retries the batches of an actor that dies (its actor pools run
 with ``max_restarts=-1``, ``max_task_retries=-1``).
 
 Ids: ``id_column``'s values, carried unchanged; without one, each row's 0-based index in the

@@ -1,4 +1,4 @@
-"""What runs inside Ray's actors: one ``Embedder`` each, loaded once, from a path every node can see.
+"""What runs inside Ray's actors: one ``Embedder`` each, loaded once, from a path every node sees or a URL.
 
 ``ShardWriter`` (``bulk/worker.py``) is the ``--ray`` job's actor: it is handed one shard's ids and
 texts, embeds them and writes the shard into the output directory; the driver records it. A writer
